@@ -1,0 +1,23 @@
+//! OpenApe grant verification core and the `pam_openape` PAM module.
+//!
+//! Every check lives here, once; `escapes` and the PAM hooks only gather
+//! inputs (token, caller, target user, argv) and act on the verdict.
+//! `unsafe` is not allowed in this crate outside the PAM FFI module.
+
+#![deny(unsafe_code)]
+
+pub mod audit;
+pub mod command;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod jwks;
+pub mod time;
+pub mod token;
+pub mod trust;
+pub mod verify;
+
+#[cfg(test)]
+mod testutil;
+
+pub use error::{Denial, Kind, Step};

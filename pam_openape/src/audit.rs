@@ -1,0 +1,211 @@
+//! The JSONL audit log: one object per line, appended with one `write(2)`.
+//!
+//! Opened with `O_APPEND | O_NOFOLLOW` in a directory that must be trusted
+//! (root-owned, not writable by others); never follows a symlink, never
+//! creates the directory, never holds a token (only an 8-hex fingerprint).
+//! Callers open it before anything is consumed: a grant that cannot be
+//! logged is not used. Timestamps are UTC, computed without `TZ`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Denial, Kind, Step};
+use crate::trust;
+
+/// One audit record. `event` is `grant_run`, `denied`, `session_open` or
+/// `session_close`; fields that do not apply are left out.
+#[derive(Serialize, Default, Debug, Clone)]
+pub struct Record {
+    pub ts: String,
+    pub event: &'static str,
+    /// `escapes` or `pam:<service>`.
+    pub via: String,
+    pub real_uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmd_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant_type: Option<&'static str>,
+    /// The grant's `sub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_host: Option<String>,
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// First 8 hex digits of SHA-256 of the token, for correlation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_fp: Option<String>,
+}
+
+/// An open audit log.
+pub struct AuditLog {
+    file: File,
+    path: PathBuf,
+}
+
+fn io_err(path: &Path, msg: impl std::fmt::Display) -> Denial {
+    Denial::new(
+        Step::Audit,
+        Kind::Io,
+        format!("audit log {}: {msg}", path.display()),
+    )
+}
+
+impl AuditLog {
+    /// Open (creating it 0600 if needed) the log at `path`. Its directory
+    /// must exist and be trusted; the file must not be a symlink, must be a
+    /// regular file owned by `owner` and writable by nobody else.
+    pub fn open(path: &Path, owner: u32) -> Result<AuditLog, Denial> {
+        let dir = path
+            .parent()
+            .ok_or_else(|| io_err(path, "has no directory"))?;
+        if !dir.is_dir() {
+            return Err(io_err(
+                path,
+                format!(
+                    "directory {} does not exist (create it root-owned, mode 0750)",
+                    dir.display()
+                ),
+            ));
+        }
+        trust::check_dir_chain(dir, owner).map_err(|e| io_err(path, format!("directory {e}")))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::ELOOP) {
+                    io_err(path, "is a symbolic link")
+                } else {
+                    io_err(path, format!("cannot be opened: {e}"))
+                }
+            })?;
+        let meta = file.metadata().map_err(|e| io_err(path, e))?;
+        if !meta.is_file() {
+            return Err(io_err(path, "is not a regular file"));
+        }
+        if meta.uid() != owner || meta.mode() & 0o022 != 0 {
+            return Err(io_err(
+                path,
+                "must be owned by root and writable by nobody else",
+            ));
+        }
+        Ok(AuditLog {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Append one record as one line with a single `write(2)`.
+    pub fn append(&self, record: &Record) -> Result<(), Denial> {
+        let mut line = serde_json::to_vec(record).map_err(|e| io_err(&self.path, e))?;
+        line.push(b'\n');
+        let n = (&self.file)
+            .write(&line)
+            .map_err(|e| io_err(&self.path, format!("write failed: {e}")))?;
+        if n != line.len() {
+            return Err(io_err(&self.path, "short write (disk full?)"));
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    fn me() -> u32 {
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(u32::MAX)
+    }
+
+    #[test]
+    fn writes_one_parseable_line_per_record_even_with_hostile_text() {
+        let Some(t) = TempDir::trusted("audit") else {
+            eprintln!("skipped: no trusted temp directory for this user");
+            return;
+        };
+        let p = t.path().join("audit.log");
+        let log = AuditLog::open(&p, me());
+        assert!(log.is_ok(), "{:?}", log.err());
+        let Ok(log) = log else { return };
+        let rec = Record {
+            ts: crate::time::rfc3339_utc(0),
+            event: "denied",
+            via: "escapes".into(),
+            command: vec![
+                "echo".into(),
+                "a\nb\r\x1b[2J".into(),
+                "{\"event\":\"grant_run\"}\n".into(),
+            ],
+            reason: Some("x\ny".into()),
+            ..Record::default()
+        };
+        assert!(log.append(&rec).is_ok());
+        assert!(log.append(&rec).is_ok());
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        for l in lines {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            assert_eq!(v["event"], "denied");
+            assert_eq!(v["command"][1], "a\nb\r\x1b[2J");
+        }
+        let mode = std::fs::metadata(&p).map(|m| m.mode() & 0o777).unwrap_or(0);
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn refuses_symlinks_and_missing_directories() {
+        let Some(t) = TempDir::trusted("audit2") else {
+            eprintln!("skipped: no trusted temp directory for this user");
+            return;
+        };
+        let target = t.path().join("elsewhere");
+        let link = t.path().join("audit.log");
+        let _ = std::os::unix::fs::symlink(&target, &link);
+        let e = AuditLog::open(&link, me()).err().map(|e| e.reason);
+        assert!(
+            e.as_deref().is_some_and(|r| r.contains("symbolic link")),
+            "{e:?}"
+        );
+        assert!(!target.exists());
+        let e = AuditLog::open(&t.path().join("missing/audit.log"), me())
+            .err()
+            .map(|e| e.reason);
+        assert!(
+            e.as_deref().is_some_and(|r| r.contains("does not exist")),
+            "{e:?}"
+        );
+    }
+}

@@ -1,0 +1,484 @@
+//! `/etc/openape/config.toml`: a superset of the existing escapes config.
+//!
+//! Loading checks the trust root first (the file and every directory above
+//! it owned by root and writable by nobody else), then parses strictly: an
+//! unknown key is an error naming the key, never silently ignored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Denial, Kind, Step};
+use crate::trust;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/openape/config.toml";
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/openape/audit.log";
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/openape";
+pub const DEFAULT_SECURE_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_AUDIENCE: &str = "escapes";
+pub const DEFAULT_RUN_AS: &str = "root";
+
+/// Variables that `env.keep` may never name: they change how shells,
+/// loaders or libraries behave, or carry grants.
+const NEVER_KEEP: &[&str] = &[
+    "PATH",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "GCONV_PATH",
+    "NLSPATH",
+    "LOCPATH",
+    "TZDIR",
+    "HOSTALIASES",
+    "RES_OPTIONS",
+    "LOCALDOMAIN",
+    "GLIBC_TUNABLES",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PERL5LIB",
+    "PERL5OPT",
+    "RUBYLIB",
+    "RUBYOPT",
+    "NODE_OPTIONS",
+    "ESCAPES_GRANT",
+    "OPENAPE_GRANT",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "SUDO_USER",
+    "SUDO_UID",
+    "SUDO_GID",
+    "SUDO_COMMAND",
+];
+const NEVER_KEEP_PREFIX: &[&str] = &["LD_", "MALLOC_", "DYLD_"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: Option<String>,
+    run_as: Option<String>,
+    audit_log: Option<PathBuf>,
+    security: RawSecurity,
+    #[serde(default)]
+    subjects: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    env: RawEnv,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    allowed_issuers: Vec<String>,
+    allowed_approvers: Vec<String>,
+    allowed_audiences: Option<Vec<String>>,
+    clock_skew: Option<u32>,
+    allow_self_approval: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_bundle: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    timeout: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEnv {
+    keep: Option<Vec<String>>,
+    secure_path: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    dir: Option<PathBuf>,
+    jwks_max_age: Option<u32>,
+    jwks_min_refresh: Option<u32>,
+}
+
+/// The validated configuration, every default filled in.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub path: PathBuf,
+    /// This machine's name as grants must name it in `target_host`.
+    pub host: String,
+    /// Target user when the grant names none.
+    pub run_as: String,
+    pub audit_log: PathBuf,
+    pub allowed_issuers: Vec<String>,
+    pub allowed_approvers: Vec<String>,
+    pub allowed_audiences: Vec<String>,
+    /// Leeway in seconds on `exp`, `nbf` and `iat`.
+    pub clock_skew: i64,
+    pub allow_self_approval: bool,
+    /// Local caller name → grant subjects that caller may use.
+    pub subjects: BTreeMap<String, Vec<String>>,
+    pub ca_bundle: Option<PathBuf>,
+    /// Whole-request deadline for every IdP request.
+    pub http_timeout: Duration,
+    pub env_keep: Vec<String>,
+    pub secure_path: Vec<PathBuf>,
+    pub cache_dir: PathBuf,
+    pub jwks_max_age: i64,
+    /// Minimum seconds between two JWKS refreshes caused by an unknown `kid`.
+    pub jwks_min_refresh: i64,
+    /// Owner every trusted file must have (0 in production).
+    pub trusted_owner: u32,
+}
+
+fn config_err(path: &Path, msg: impl std::fmt::Display) -> Denial {
+    Denial::new(
+        Step::Config,
+        Kind::Config,
+        format!("config {}: {msg}", path.display()),
+    )
+}
+
+/// Is `url` an issuer URL we can talk to safely: `https://…`, or `http://`
+/// only to a loopback address. No userinfo, query or fragment.
+pub fn issuer_url_ok(url: &str) -> Result<(), String> {
+    let rest = if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("http://") {
+        let host = authority_host(r.split('/').next().unwrap_or(""));
+        if !is_loopback_host(host) {
+            return Err(format!(
+                "issuer {url} must use https (http is allowed only to a loopback address)"
+            ));
+        }
+        r
+    } else {
+        return Err(format!("issuer {url} must start with https://"));
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty()
+        || authority.contains('@')
+        || rest.contains('?')
+        || rest.contains('#')
+        || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("issuer {url} is not a plain https URL"));
+    }
+    Ok(())
+}
+
+fn authority_host(authority: &str) -> &str {
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    authority.split(':').next().unwrap_or("")
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    if host == "localhost" {
+        return true;
+    }
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// This machine's host name, as the kernel reports it (`gethostname`).
+pub fn system_hostname() -> Option<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = raw.trim_end_matches('\n').to_string();
+    (!name.is_empty()).then_some(name)
+}
+
+impl Config {
+    /// Load and validate a config file after the trust-root check.
+    pub fn load(path: &Path, trusted_owner: u32) -> Result<Config, Denial> {
+        let bytes = trust::read_trusted(path, trusted_owner)
+            .map_err(|e| Denial::new(Step::Config, Kind::Config, format!("config {e}")))?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|_| config_err(path, "is not valid UTF-8"))?;
+        Self::parse(path, text, trusted_owner)
+    }
+
+    /// Parse and validate config text (no file-system checks).
+    pub fn parse(path: &Path, text: &str, trusted_owner: u32) -> Result<Config, Denial> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            match e.span() {
+                Some(span) => {
+                    let line = text
+                        .get(..span.start)
+                        .map_or(0, |t| t.matches('\n').count())
+                        + 1;
+                    config_err(path, format!("line {line}: {msg}"))
+                }
+                None => config_err(path, msg),
+            }
+        })?;
+
+        let host = match raw.host {
+            Some(h) => h,
+            None => system_hostname().ok_or_else(|| {
+                config_err(path, "no host set and the system host name is unknown")
+            })?,
+        };
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(config_err(
+                path,
+                "host must be a non-empty name without spaces",
+            ));
+        }
+
+        let sec = raw.security;
+        if sec.allowed_issuers.is_empty() {
+            return Err(config_err(
+                path,
+                "[security] allowed_issuers is empty; name at least one IdP (escapes trust --idp URL)",
+            ));
+        }
+        for iss in &sec.allowed_issuers {
+            issuer_url_ok(iss)
+                .map_err(|e| config_err(path, format!("[security] allowed_issuers: {e}")))?;
+        }
+        if sec.allowed_approvers.is_empty()
+            || sec.allowed_approvers.iter().any(|a| a.trim().is_empty())
+        {
+            return Err(config_err(
+                path,
+                "[security] allowed_approvers must list at least one approver and no empty names",
+            ));
+        }
+        let allowed_audiences = sec
+            .allowed_audiences
+            .unwrap_or_else(|| vec![DEFAULT_AUDIENCE.to_string()]);
+        if allowed_audiences.is_empty() || allowed_audiences.iter().any(|a| a.is_empty()) {
+            return Err(config_err(
+                path,
+                "[security] allowed_audiences must not be empty",
+            ));
+        }
+        let clock_skew = sec.clock_skew.unwrap_or(30);
+        if clock_skew > 300 {
+            return Err(config_err(
+                path,
+                "[security] clock_skew must be at most 300 seconds",
+            ));
+        }
+
+        let run_as = raw.run_as.unwrap_or_else(|| DEFAULT_RUN_AS.to_string());
+        if run_as.is_empty() {
+            return Err(config_err(path, "run_as must not be empty"));
+        }
+
+        let audit_log = raw
+            .audit_log
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_AUDIT_LOG));
+        if !audit_log.is_absolute() {
+            return Err(config_err(path, "audit_log must be an absolute path"));
+        }
+
+        if let Some(ca) = &raw.tls.ca_bundle
+            && !ca.is_absolute()
+        {
+            return Err(config_err(path, "[tls] ca_bundle must be an absolute path"));
+        }
+
+        let timeout = raw.http.timeout.unwrap_or(10);
+        if !(1..=120).contains(&timeout) {
+            return Err(config_err(
+                path,
+                "[http] timeout must be between 1 and 120 seconds",
+            ));
+        }
+
+        let env_keep = raw.env.keep.unwrap_or_default();
+        for name in &env_keep {
+            if !valid_env_name(name) {
+                return Err(config_err(
+                    path,
+                    format!("[env] keep: {name:?} is not a variable name"),
+                ));
+            }
+            if NEVER_KEEP.contains(&name.as_str())
+                || NEVER_KEEP_PREFIX.iter().any(|p| name.starts_with(p))
+            {
+                return Err(config_err(
+                    path,
+                    format!("[env] keep: {name} may not be passed to privileged commands"),
+                ));
+            }
+        }
+        let secure_path_text = raw
+            .env
+            .secure_path
+            .unwrap_or_else(|| DEFAULT_SECURE_PATH.to_string());
+        let secure_path: Vec<PathBuf> = secure_path_text.split(':').map(PathBuf::from).collect();
+        if secure_path.iter().any(|p| !p.is_absolute()) {
+            return Err(config_err(
+                path,
+                "[env] secure_path must list only absolute directories",
+            ));
+        }
+
+        let cache_dir = raw
+            .cache
+            .dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+        if !cache_dir.is_absolute() {
+            return Err(config_err(path, "[cache] dir must be an absolute path"));
+        }
+
+        for (caller, subs) in &raw.subjects {
+            if subs.is_empty() {
+                return Err(config_err(
+                    path,
+                    format!("[subjects] {caller} lists no subject (remove the line to allow any)"),
+                ));
+            }
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            host,
+            run_as,
+            audit_log,
+            allowed_issuers: sec.allowed_issuers,
+            allowed_approvers: sec.allowed_approvers,
+            allowed_audiences,
+            clock_skew: i64::from(clock_skew),
+            allow_self_approval: sec.allow_self_approval.unwrap_or(false),
+            subjects: raw.subjects,
+            ca_bundle: raw.tls.ca_bundle,
+            http_timeout: Duration::from_secs(u64::from(timeout)),
+            env_keep,
+            secure_path,
+            cache_dir,
+            jwks_max_age: i64::from(raw.cache.jwks_max_age.unwrap_or(300)),
+            jwks_min_refresh: i64::from(raw.cache.jwks_min_refresh.unwrap_or(10)),
+            trusted_owner,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "[security]\nallowed_issuers = [\"https://id.openape.at\"]\nallowed_approvers = [\"alice@example.com\"]\n";
+
+    fn parse(text: &str) -> Result<Config, Denial> {
+        Config::parse(Path::new("/etc/openape/config.toml"), text, 0)
+    }
+
+    #[test]
+    fn the_old_escapes_config_keeps_working() {
+        let old = "host = \"macmini\"\nrun_as = \"root\"\naudit_log = \"/var/log/openape/audit.log\"\n\n[security]\nallowed_issuers = [\"https://id.openape.at\"]\nallowed_approvers = [\"phofmann@delta-mind.at\"]\nallowed_audiences = [\"escapes\"]\n\n[tls]\nca_bundle = \"/etc/ssl/certs/ca-certificates.crt\"\n";
+        let c = parse(old).map_err(|e| e.reason);
+        let c = c.as_ref().map(|c| {
+            (
+                c.host.as_str(),
+                c.run_as.as_str(),
+                c.allowed_audiences.clone(),
+            )
+        });
+        assert_eq!(c, Ok(("macmini", "root", vec!["escapes".to_string()])));
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let c = parse(MIN).map_err(|e| e.reason);
+        assert!(c.is_ok(), "{c:?}");
+        if let Ok(c) = c {
+            assert_eq!(c.allowed_audiences, vec!["escapes"]);
+            assert_eq!(c.clock_skew, 30);
+            assert!(!c.allow_self_approval);
+            assert_eq!(c.http_timeout, Duration::from_secs(10));
+            assert_eq!(c.audit_log, PathBuf::from(DEFAULT_AUDIT_LOG));
+            assert_eq!(c.secure_path.len(), 6);
+            assert_eq!(c.run_as, "root");
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_keys_naming_them() {
+        let e = parse(&format!("{MIN}allowed_approver = [\"x\"]\n"))
+            .err()
+            .map(|e| e.reason);
+        assert!(
+            e.as_deref().is_some_and(
+                |r| r.contains("allowed_approver") && r.contains("/etc/openape/config.toml")
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn refuses_missing_required_sections() {
+        assert!(parse("host = \"x\"\n").is_err());
+        assert!(parse("[security]\nallowed_issuers = [\"https://a\"]\n").is_err());
+        assert!(parse("[security]\nallowed_issuers = []\nallowed_approvers = [\"a\"]\n").is_err());
+        assert!(
+            parse("[security]\nallowed_issuers = [\"https://a\"]\nallowed_approvers = []\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn issuer_urls_must_be_https_or_loopback_http() {
+        assert!(issuer_url_ok("https://id.openape.at").is_ok());
+        assert!(issuer_url_ok("http://127.0.0.1:8080").is_ok());
+        assert!(issuer_url_ok("http://[::1]:8080").is_ok());
+        assert!(issuer_url_ok("http://localhost:1").is_ok());
+        assert!(issuer_url_ok("http://id.openape.at").is_err());
+        assert!(issuer_url_ok("http://127.0.0.1.evil.com").is_err());
+        assert!(issuer_url_ok("https://user@id.openape.at").is_err());
+        assert!(issuer_url_ok("https://id.openape.at/?x").is_err());
+        assert!(issuer_url_ok("ftp://x").is_err());
+    }
+
+    #[test]
+    fn env_keep_cannot_smuggle_loader_or_shell_variables() {
+        for bad in [
+            "LD_PRELOAD",
+            "BASH_ENV",
+            "PATH",
+            "OPENAPE_GRANT",
+            "MALLOC_CHECK_",
+            "1X",
+            "A-B",
+        ] {
+            let text = format!("{MIN}[env]\nkeep = [\"{bad}\"]\n");
+            assert!(parse(&text).is_err(), "{bad} accepted");
+        }
+        assert!(parse(&format!("{MIN}[env]\nkeep = [\"SSH_AUTH_SOCK\"]\n")).is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse(&format!("{MIN}[http]\ntimeout = 0\n")).is_err());
+        assert!(parse(&format!("{MIN}[env]\nsecure_path = \"/bin:bin\"\n")).is_err());
+        assert!(parse(&format!("audit_log = \"log\"\n{MIN}")).is_err());
+        assert!(parse(&format!("host = \"a b\"\n{MIN}")).is_err());
+        assert!(parse(&format!("{MIN}clock_skew = \"30\"\n")).is_err());
+    }
+}

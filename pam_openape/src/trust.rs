@@ -1,0 +1,185 @@
+//! Trust-root checks for files that decide who becomes root: the config
+//! file, the CA bundle, the JWKS cache and the audit log's directory.
+//!
+//! A path is trusted when the file (opened without following a final
+//! symlink) and every directory above it are owned by the trusted owner
+//! (root in production) and writable by nobody else. This holds for a
+//! `--config PATH` given by any caller: a caller can never point a setuid
+//! binary at a trust root of their own.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Largest trusted file we read (config, CA bundle).
+pub const MAX_TRUSTED_FILE: u64 = 1024 * 1024;
+
+/// Why a path is not trusted. `Display` names the path and the problem.
+#[derive(Debug)]
+pub struct Untrusted {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.problem)
+    }
+}
+
+fn untrusted(path: &Path, problem: impl Into<String>) -> Untrusted {
+    Untrusted {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+fn check_meta(path: &Path, meta: &std::fs::Metadata, owner: u32) -> Result<(), Untrusted> {
+    if meta.uid() != owner {
+        return Err(untrusted(
+            path,
+            format!(
+                "is owned by uid {}, must be owned by uid {owner}",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(untrusted(
+            path,
+            format!(
+                "is writable by group or others (mode {:o}); run: chmod go-w {}",
+                meta.mode() & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Check every directory from `dir` up to `/`: owned by `owner`, not
+/// writable by group or others. Symlinked directories are resolved first
+/// and the real path is what gets checked.
+pub fn check_dir_chain(dir: &Path, owner: u32) -> Result<(), Untrusted> {
+    if !dir.is_absolute() {
+        return Err(untrusted(dir, "is not an absolute path"));
+    }
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| untrusted(dir, format!("cannot be resolved: {e}")))?;
+    let mut cur: Option<&Path> = Some(real.as_path());
+    while let Some(d) = cur {
+        let meta =
+            std::fs::metadata(d).map_err(|e| untrusted(d, format!("cannot be examined: {e}")))?;
+        if !meta.is_dir() {
+            return Err(untrusted(d, "is not a directory"));
+        }
+        check_meta(d, &meta, owner)?;
+        cur = d.parent();
+    }
+    Ok(())
+}
+
+/// Open a trusted regular file for reading: no symlink as the last
+/// component, owner and mode checked on the open descriptor (no race
+/// between check and read), every parent directory checked too.
+pub fn open_trusted(path: &Path, owner: u32) -> Result<File, Untrusted> {
+    if !path.is_absolute() {
+        return Err(untrusted(path, "is not an absolute path"));
+    }
+    let parent = path
+        .parent()
+        .ok_or_else(|| untrusted(path, "has no parent directory"))?;
+    check_dir_chain(parent, owner)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                untrusted(path, "is a symbolic link; it must be a regular file")
+            } else {
+                untrusted(path, format!("cannot be opened: {e}"))
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| untrusted(path, format!("cannot be examined: {e}")))?;
+    if !meta.is_file() {
+        return Err(untrusted(path, "is not a regular file"));
+    }
+    check_meta(path, &meta, owner)?;
+    Ok(file)
+}
+
+/// Read a whole trusted file (at most [`MAX_TRUSTED_FILE`] bytes).
+pub fn read_trusted(path: &Path, owner: u32) -> Result<Vec<u8>, Untrusted> {
+    let file = open_trusted(path, owner)?;
+    let mut buf = Vec::new();
+    file.take(MAX_TRUSTED_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| untrusted(path, format!("cannot be read: {e}")))?;
+    if buf.len() as u64 > MAX_TRUSTED_FILE {
+        return Err(untrusted(path, "is larger than 1 MiB"));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn me() -> u32 {
+        std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .unwrap_or(u32::MAX)
+    }
+
+    #[test]
+    fn accepts_a_safe_file_and_refuses_unsafe_ones() {
+        let Some(t) = TempDir::trusted("trust") else {
+            eprintln!("skipped: no directory chain owned by this user and not writable by others");
+            return;
+        };
+        let f = t.path().join("c.toml");
+        std::fs::write(&f, "x").unwrap_or_default();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap_or_default();
+        assert!(read_trusted(&f, me()).is_ok());
+
+        // Wrong owner.
+        let err = read_trusted(&f, me().wrapping_add(1)).err();
+        assert!(err.is_some_and(|e| e.problem.contains("owned by uid")));
+
+        // World-writable file.
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o602)).unwrap_or_default();
+        let err = read_trusted(&f, me()).err();
+        assert!(err.is_some_and(|e| e.problem.contains("writable by group or others")));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap_or_default();
+
+        // Group-writable parent directory.
+        let sub = t.path().join("sub");
+        std::fs::create_dir(&sub).unwrap_or_default();
+        let g = sub.join("c.toml");
+        std::fs::write(&g, "x").unwrap_or_default();
+        std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o775)).unwrap_or_default();
+        let err = read_trusted(&g, me()).err();
+        assert!(err.is_some_and(|e| e.path == sub && e.problem.contains("writable")));
+
+        // Symlink as the last component.
+        let link = t.path().join("link.toml");
+        std::os::unix::fs::symlink(&f, &link).unwrap_or_default();
+        let err = read_trusted(&link, me()).err();
+        assert!(err.is_some_and(|e| e.problem.contains("symbolic link")));
+
+        // Relative path.
+        assert!(read_trusted(Path::new("c.toml"), me()).is_err());
+    }
+
+    #[test]
+    fn tmp_is_never_trusted() {
+        // /tmp is world-writable (sticky or not): nothing below it is a trust root.
+        assert!(check_dir_chain(Path::new("/tmp"), me()).is_err());
+    }
+}

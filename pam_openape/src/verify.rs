@@ -1,0 +1,484 @@
+//! The verification chain (DESIGN.md): one function, this order, a typed
+//! refusal per step. Steps 1–11 are local ([`check`]); step 12 is
+//! [`consume`], called last, after the caller has opened its audit log.
+//! Only [`consume`] produces an [`Approved`], and only an `Approved` whose
+//! verdict is exactly [`Verdict::Allow`] may lead to running anything.
+
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::{Deserialize, Deserializer};
+
+use crate::command::{self, Matched};
+use crate::config::Config;
+use crate::error::{Denial, Kind, Step, sanitize};
+use crate::http::{self, Client};
+use crate::jwks::{Fetch, KeyCache};
+use crate::token::{self, Claims, GrantType};
+
+/// The outcome as a value far from its opposite in Hamming distance, so a
+/// flipped bit cannot turn a refusal into an approval (CVE-2023-42465
+/// class). Code that acts compares with `== Verdict::Allow`, never `!=
+/// Deny`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow = 0x5AC3_9E61,
+    Deny = 0xA53C_619E,
+}
+
+/// What is being authorised.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// Local name of the real uid that asks.
+    pub caller: &'a str,
+    /// The user the command will run as.
+    pub target_user: &'a str,
+    /// The argv to run, or `None` where no command is run (then only grants
+    /// without a command binding pass).
+    pub argv: Option<&'a [String]>,
+}
+
+/// A grant that passed steps 1–11.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub claims: Claims,
+    pub fingerprint: String,
+    /// The `aud` value that matched.
+    pub audience: String,
+    pub matched: Option<Matched>,
+    pub verdict: Verdict,
+}
+
+/// A grant that passed every step including consumption.
+#[derive(Clone, Debug)]
+pub struct Approved {
+    pub verified: Verified,
+    /// `consumed` or `valid`, as the issuer said.
+    pub status: String,
+    pub verdict: Verdict,
+}
+
+impl Approved {
+    pub fn allows(&self) -> bool {
+        self.verdict == Verdict::Allow && self.verified.verdict == Verdict::Allow
+    }
+}
+
+/// Longest lifetime (`exp − iat`) accepted for `once` and `always` grants;
+/// the IdP issues 5 minutes and 1 hour.
+pub const MAX_SHORT_LIFETIME: i64 = 3600;
+
+fn refuse(step: Step, reason: impl Into<String>) -> Denial {
+    Denial::refused(step, reason)
+}
+
+/// Steps 1–11. `on_pass` is told each step that passed, with a short
+/// description (used by `escapes verify`).
+pub fn check(
+    token: &str,
+    req: &Request<'_>,
+    cfg: &Config,
+    keys: &mut KeyCache<'_>,
+    fetch: &dyn Fetch,
+    now: i64,
+    on_pass: &mut dyn FnMut(Step, String),
+) -> Result<Verified, Denial> {
+    // 1. Parse.
+    let parsed = token::parse(token)?;
+    let c = &parsed.claims;
+    on_pass(
+        Step::Parse,
+        format!(
+            "EdDSA token, key id {}, grant {} ({})",
+            sanitize(&parsed.kid, 64),
+            sanitize(&c.grant_id, 64),
+            c.grant_type.as_str()
+        ),
+    );
+
+    // 2. Issuer, before any network traffic.
+    if !cfg.allowed_issuers.iter().any(|i| i == &c.iss) {
+        return Err(refuse(
+            Step::Issuer,
+            format!(
+                "issuer {} is not in allowed_issuers of {}",
+                sanitize(&c.iss, 120),
+                cfg.path.display()
+            ),
+        ));
+    }
+    on_pass(Step::Issuer, c.iss.clone());
+
+    // 3. Key.
+    let key = keys.key(fetch, &c.iss, &parsed.kid, now)?;
+    on_pass(Step::Key, format!("Ed25519 key {}", sanitize(&key.kid, 64)));
+
+    // 4. Signature, algorithm pinned to EdDSA.
+    let dk = DecodingKey::from_ed_components(&key.x)
+        .map_err(|_| refuse(Step::Key, "issuer key is not a valid Ed25519 key"))?;
+    let good = jsonwebtoken::crypto::verify(
+        &parsed.signature,
+        parsed.signing_input.as_bytes(),
+        &dk,
+        Algorithm::EdDSA,
+    );
+    if good != Ok(true) {
+        return Err(refuse(Step::Signature, "grant signature is not valid"));
+    }
+    on_pass(Step::Signature, "valid".into());
+
+    // 5. Time.
+    check_time(c, cfg.clock_skew, now)?;
+    on_pass(Step::Time, format!("expires in {} s", c.exp - now));
+
+    // 6. Approver.
+    let Some(approver) = c.decided_by.as_deref() else {
+        return Err(refuse(
+            Step::Approver,
+            "grant names no approver (decided_by)",
+        ));
+    };
+    if !cfg.allowed_approvers.iter().any(|a| a == approver) {
+        return Err(refuse(
+            Step::Approver,
+            format!(
+                "approver {} is not in allowed_approvers of {}",
+                sanitize(approver, 120),
+                cfg.path.display()
+            ),
+        ));
+    }
+    if approver == c.sub && !cfg.allow_self_approval {
+        return Err(refuse(
+            Step::Approver,
+            format!(
+                "grant was approved by its own requester {} (allow_self_approval is off)",
+                sanitize(approver, 120)
+            ),
+        ));
+    }
+    on_pass(Step::Approver, approver.to_string());
+
+    // 7. Audience.
+    let Some(audience) = c
+        .aud
+        .values()
+        .iter()
+        .find(|a| cfg.allowed_audiences.contains(a))
+    else {
+        return Err(refuse(
+            Step::Audience,
+            format!(
+                "grant audience {} is not in allowed_audiences ({})",
+                sanitize(&c.aud.values().join(","), 120),
+                cfg.allowed_audiences.join(",")
+            ),
+        ));
+    };
+    on_pass(Step::Audience, audience.clone());
+
+    // 8. Host.
+    if c.target_host != cfg.host {
+        return Err(refuse(
+            Step::Host,
+            format!(
+                "grant is for host {}, this is {}",
+                sanitize(&c.target_host, 120),
+                cfg.host
+            ),
+        ));
+    }
+    on_pass(Step::Host, cfg.host.clone());
+
+    // 9. Subject.
+    if let Some(subs) = cfg.subjects.get(req.caller)
+        && !subs.contains(&c.sub)
+    {
+        return Err(refuse(
+            Step::Subject,
+            format!(
+                "grant subject {} may not be used by {} ([subjects] in {})",
+                sanitize(&c.sub, 120),
+                req.caller,
+                cfg.path.display()
+            ),
+        ));
+    }
+    on_pass(Step::Subject, c.sub.clone());
+
+    // 10. Target user.
+    let run_as = c.run_as.as_deref().unwrap_or(&cfg.run_as);
+    if run_as != req.target_user {
+        return Err(refuse(
+            Step::TargetUser,
+            format!(
+                "grant is for user {}, not {}",
+                sanitize(run_as, 64),
+                req.target_user
+            ),
+        ));
+    }
+    on_pass(Step::TargetUser, run_as.to_string());
+
+    // 11. Command.
+    let matched = match req.argv {
+        Some(argv) => {
+            let m = command::check(c, argv).map_err(|e| refuse(Step::Command, e))?;
+            on_pass(Step::Command, format!("{m:?} binding matches"));
+            Some(m)
+        }
+        None => {
+            if command::has_binding(c) {
+                return Err(refuse(
+                    Step::Command,
+                    "grant is bound to a command, but no command is being run",
+                ));
+            }
+            on_pass(Step::Command, "no command binding, none run".into());
+            None
+        }
+    };
+
+    Ok(Verified {
+        audience: audience.clone(),
+        fingerprint: parsed.fingerprint.clone(),
+        claims: parsed.claims,
+        matched,
+        verdict: Verdict::Allow,
+    })
+}
+
+/// Step 5 on its own (also re-run right before consume).
+pub fn check_time(c: &Claims, skew: i64, now: i64) -> Result<(), Denial> {
+    if now > c.exp.saturating_add(skew) {
+        return Err(refuse(
+            Step::Time,
+            format!("grant expired {} s ago", now - c.exp),
+        ));
+    }
+    if let Some(nbf) = c.nbf
+        && nbf > now.saturating_add(skew)
+    {
+        return Err(refuse(
+            Step::Time,
+            format!("grant is not valid for another {} s (nbf)", nbf - now),
+        ));
+    }
+    if let Some(iat) = c.iat {
+        if iat > now.saturating_add(skew) {
+            return Err(refuse(
+                Step::Time,
+                "grant was issued in the future (iat); check the clocks",
+            ));
+        }
+        if c.grant_type != GrantType::Timed && c.exp.saturating_sub(iat) > MAX_SHORT_LIFETIME + skew
+        {
+            return Err(refuse(
+                Step::Time,
+                format!(
+                    "{} grant lives {} s, more than {MAX_SHORT_LIFETIME} s",
+                    c.grant_type.as_str(),
+                    c.exp.saturating_sub(iat)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ConsumeAnswer {
+    #[serde(default, deserialize_with = "some")]
+    status: Option<String>,
+    #[serde(default, deserialize_with = "some")]
+    error: Option<String>,
+}
+
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// How the consume answer decides. Pure, so it is tested on its own.
+pub fn judge_consume(status: u16, body: &[u8], grant_type: GrantType) -> Result<String, Denial> {
+    let answer: Option<ConsumeAnswer> = serde_json::from_slice(body).ok();
+    if let Some(err) = answer.as_ref().and_then(|a| a.error.as_deref()) {
+        let why = match err {
+            "already_consumed" => "this once-grant was already used",
+            "revoked" => "the grant was revoked",
+            "denied" => "the grant was denied",
+            "expired" => "the grant has expired at the issuer",
+            "not_approved" => "the grant is not approved",
+            _ => "the issuer refused the grant",
+        };
+        return Err(refuse(
+            Step::Consume,
+            format!("{why} ({})", sanitize(err, 40)),
+        ));
+    }
+    match status {
+        200 => {}
+        401 => {
+            return Err(refuse(
+                Step::Consume,
+                "the issuer rejected the token (HTTP 401)",
+            ));
+        }
+        403 => {
+            return Err(refuse(
+                Step::Consume,
+                "the issuer refused the grant (HTTP 403)",
+            ));
+        }
+        404 => {
+            return Err(refuse(
+                Step::Consume,
+                "the issuer does not know this grant (HTTP 404)",
+            ));
+        }
+        s if s >= 500 => {
+            return Err(Denial::new(
+                Step::Consume,
+                Kind::Unavailable,
+                format!("the issuer failed (HTTP {s})"),
+            ));
+        }
+        s => {
+            return Err(refuse(
+                Step::Consume,
+                format!("the issuer answered HTTP {s}"),
+            ));
+        }
+    }
+    let Some(answer) = answer else {
+        return Err(Denial::new(
+            Step::Consume,
+            Kind::Unavailable,
+            "the issuer's consume answer is not JSON",
+        ));
+    };
+    match answer.status.as_deref() {
+        Some("consumed") => Ok("consumed".into()),
+        Some("valid") if grant_type != GrantType::Once => Ok("valid".into()),
+        Some("valid") => Err(refuse(
+            Step::Consume,
+            "the issuer did not consume this once-grant",
+        )),
+        _ => Err(refuse(
+            Step::Consume,
+            "the issuer's answer says neither consumed nor valid",
+        )),
+    }
+}
+
+/// Step 12: consume the grant at its issuer. Time is checked again first.
+pub fn consume(
+    v: Verified,
+    token: &str,
+    cfg: &Config,
+    client: &Client,
+    now: i64,
+) -> Result<Approved, Denial> {
+    if v.verdict != Verdict::Allow {
+        return Err(refuse(Step::Consume, "grant was not verified"));
+    }
+    check_time(&v.claims, cfg.clock_skew, now)?;
+    let url = http::join(
+        &v.claims.iss,
+        &format!(
+            "/api/grants/{}/consume",
+            http::encode_segment(&v.claims.grant_id)
+        ),
+    );
+    let resp = client.post_bearer(&url, token).map_err(|e| {
+        Denial::new(
+            Step::Consume,
+            Kind::Unavailable,
+            format!("issuer {}: {e}", v.claims.iss),
+        )
+    })?;
+    let status = judge_consume(resp.status, &resp.body, v.claims.grant_type)?;
+    Ok(Approved {
+        verified: v,
+        status,
+        verdict: Verdict::Allow,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_are_far_apart() {
+        let d = (Verdict::Allow as u32 ^ Verdict::Deny as u32).count_ones();
+        assert!(d >= 16, "hamming distance {d}");
+        assert_ne!(Verdict::Allow as u32, 0);
+        assert_ne!(Verdict::Deny as u32, 0);
+    }
+
+    #[test]
+    fn consume_success_needs_an_explicit_status() {
+        assert!(judge_consume(200, br#"{"status":"consumed"}"#, GrantType::Once).is_ok());
+        assert!(judge_consume(200, br#"{"status":"valid"}"#, GrantType::Timed).is_ok());
+        assert!(judge_consume(200, br#"{"status":"valid"}"#, GrantType::Always).is_ok());
+        // Fail-open traps of the old tool.
+        assert!(judge_consume(200, b"{}", GrantType::Once).is_err());
+        assert!(judge_consume(200, br#"{"status":null}"#, GrantType::Once).is_err());
+        assert!(judge_consume(200, br#"{"status":"ok"}"#, GrantType::Once).is_err());
+        assert!(judge_consume(200, br#"{"status":"valid"}"#, GrantType::Once).is_err());
+        assert!(
+            judge_consume(
+                200,
+                br#"{"status":"consumed","error":"revoked"}"#,
+                GrantType::Once
+            )
+            .is_err()
+        );
+        assert!(judge_consume(201, br#"{"status":"consumed"}"#, GrantType::Once).is_err());
+    }
+
+    #[test]
+    fn consume_refusals_in_both_forms() {
+        for err in [
+            "already_consumed",
+            "revoked",
+            "denied",
+            "expired",
+            "not_approved",
+            "other",
+        ] {
+            let body = format!(r#"{{"error":"{err}"}}"#);
+            for status in [200, 403] {
+                let r = judge_consume(status, body.as_bytes(), GrantType::Once);
+                assert_eq!(
+                    r.as_ref().err().map(|d| d.kind),
+                    Some(Kind::Refused),
+                    "{status} {err}"
+                );
+            }
+        }
+        assert_eq!(
+            judge_consume(401, b"", GrantType::Once)
+                .err()
+                .map(|d| d.kind),
+            Some(Kind::Refused)
+        );
+        assert_eq!(
+            judge_consume(404, b"{}", GrantType::Once)
+                .err()
+                .map(|d| d.kind),
+            Some(Kind::Refused)
+        );
+        assert_eq!(
+            judge_consume(500, b"oops", GrantType::Once)
+                .err()
+                .map(|d| d.kind),
+            Some(Kind::Unavailable)
+        );
+        assert_eq!(
+            judge_consume(200, b"<html>", GrantType::Once)
+                .err()
+                .map(|d| d.kind),
+            Some(Kind::Unavailable)
+        );
+    }
+}
