@@ -76,10 +76,14 @@ fn long_name(short: char) -> Option<&'static str> {
 fn refused_sudo_option(name: &str) -> Option<&'static str> {
     Some(match name {
         "s" | "shell" => "-s/--shell is not supported: a grant names an exact command, not a shell",
-        "i" | "login" => "-i/--login is not supported: a grant names an exact command, not a login shell",
+        "i" | "login" => {
+            "-i/--login is not supported: a grant names an exact command, not a login shell"
+        }
         "e" | "edit" => "-e/--edit (sudoedit) is not supported",
         "R" | "chroot" => "-R/--chroot is not supported",
-        "h" | "host" => "-h HOST is not supported: the target host comes from the configuration only",
+        "h" | "host" => {
+            "-h HOST is not supported: the target host comes from the configuration only"
+        }
         "C" | "close-from" => "-C is not supported: escapes always closes descriptors above 2",
         "T" | "command-timeout" => "-T is not supported",
         "b" | "background" => "-b is not supported",
@@ -87,7 +91,9 @@ fn refused_sudo_option(name: &str) -> Option<&'static str> {
         "k" | "reset-timestamp" | "K" | "remove-timestamp" | "v" | "validate" => {
             "escapes keeps no timestamp: every command needs its own grant"
         }
-        "P" | "preserve-groups" => "-P is not supported: the command gets the target user's groups only",
+        "P" | "preserve-groups" => {
+            "-P is not supported: the command gets the target user's groups only"
+        }
         "H" | "set-home" => "-H is always on: HOME is the target user's",
         _ => return None,
     })
@@ -103,7 +109,9 @@ fn utf8(v: &OsStr, what: &str) -> Result<String, Usage> {
 pub fn parse(args: &[OsString]) -> Result<Action, Usage> {
     let first = args.first().map(|a| a.as_bytes());
     match first {
-        Some(b"verify") => return parse_opts(args.get(1..).unwrap_or_default()).map(Action::Verify),
+        Some(b"verify") => {
+            return parse_opts(args.get(1..).unwrap_or_default()).map(Action::Verify);
+        }
         Some(b"trust") => return Ok(Action::Trust(args.get(1..).unwrap_or_default().to_vec())),
         Some(b"update") => return Ok(Action::Update(args.get(1..).unwrap_or_default().to_vec())),
         Some(b"--update") if args.len() == 1 => return Ok(Action::Update(Vec::new())),
@@ -113,14 +121,18 @@ pub fn parse(args: &[OsString]) -> Result<Action, Usage> {
     }
     let opts = parse_opts(args)?;
     if opts.command.is_empty() {
-        return Err(usage("no command given (escapes [options] -- COMMAND [ARGS...])"));
+        return Err(usage(
+            "no command given (escapes [options] -- COMMAND [ARGS...])",
+        ));
     }
     Ok(Action::Run(opts))
 }
 
 fn set_grant(opts: &mut Opts, src: GrantSource) -> Result<(), Usage> {
     if opts.grant.is_some() {
-        return Err(usage("give the grant only once (--grant, --grant-stdin or --grant-file)"));
+        return Err(usage(
+            "give the grant only once (--grant, --grant-stdin or --grant-file)",
+        ));
     }
     opts.grant = Some(src);
     Ok(())
@@ -140,23 +152,38 @@ fn apply(opts: &mut Opts, name: &str, value: Option<&OsStr>) -> Result<(), Usage
         }
         "group" => opts.group = Some(val("--group")?),
         "non-interactive" => opts.non_interactive = true,
-        "chdir" => opts.chdir = Some(PathBuf::from(value.ok_or_else(|| usage("option --chdir needs a value"))?)),
+        "chdir" => {
+            opts.chdir = Some(PathBuf::from(
+                value.ok_or_else(|| usage("option --chdir needs a value"))?,
+            ))
+        }
         "preserve-env" => {
             if let Some(list) = value {
-                for name in utf8(list, "--preserve-env")?.split(',').filter(|s| !s.is_empty()) {
+                for name in utf8(list, "--preserve-env")?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                {
                     opts.preserve_env.push(name.to_string());
                 }
             }
         }
-        "config" => opts.config = Some(PathBuf::from(value.ok_or_else(|| usage("option --config needs a value"))?)),
+        "config" => {
+            opts.config = Some(PathBuf::from(
+                value.ok_or_else(|| usage("option --config needs a value"))?,
+            ))
+        }
         "grant" => set_grant(opts, GrantSource::Arg(val("--grant")?))?,
         "grant-stdin" => set_grant(opts, GrantSource::Stdin)?,
         "grant-file" => set_grant(
             opts,
-            GrantSource::File(PathBuf::from(value.ok_or_else(|| usage("option --grant-file needs a value"))?)),
+            GrantSource::File(PathBuf::from(
+                value.ok_or_else(|| usage("option --grant-file needs a value"))?,
+            )),
         )?,
         "help" | "version" => {
-            return Err(usage(format!("--{name} cannot be combined with other arguments")));
+            return Err(usage(format!(
+                "--{name} cannot be combined with other arguments"
+            )));
         }
         other => {
             return Err(usage(match refused_sudo_option(other) {
@@ -179,13 +206,21 @@ fn parse_opts(args: &[OsString]) -> Result<Opts, Usage> {
         }
         if let Some(long) = bytes.strip_prefix(b"--") {
             let (name, inline) = match long.iter().position(|&b| b == b'=') {
-                Some(eq) => (long.get(..eq).unwrap_or_default(), long.get(eq + 1..).map(OsStr::from_bytes)),
+                Some(eq) => (
+                    long.get(..eq).unwrap_or_default(),
+                    long.get(eq + 1..).map(OsStr::from_bytes),
+                ),
                 None => (long, None),
             };
-            let name = std::str::from_utf8(name).map_err(|_| usage("option name is not valid UTF-8"))?;
+            let name =
+                std::str::from_utf8(name).map_err(|_| usage("option name is not valid UTF-8"))?;
             let value = if takes_value(name) && inline.is_none() {
                 i += 1;
-                Some(args.get(i).ok_or_else(|| usage(format!("option --{name} needs a value")))?.as_os_str())
+                Some(
+                    args.get(i)
+                        .ok_or_else(|| usage(format!("option --{name} needs a value")))?
+                        .as_os_str(),
+                )
             } else {
                 if inline.is_some() && !takes_value(name) && name != "preserve-env" {
                     return Err(usage(format!("option --{name} takes no value")));
@@ -209,13 +244,17 @@ fn parse_opts(args: &[OsString]) -> Result<Opts, Usage> {
                     }));
                 };
                 if name == "help" || name == "version" {
-                    return Err(usage(format!("-{c} cannot be combined with other arguments")));
+                    return Err(usage(format!(
+                        "-{c} cannot be combined with other arguments"
+                    )));
                 }
                 if takes_value(name) {
                     let rest = cluster.get(j + 1..).unwrap_or_default();
                     let value = if rest.is_empty() {
                         i += 1;
-                        args.get(i).ok_or_else(|| usage(format!("option -{c} needs a value")))?.as_os_str()
+                        args.get(i)
+                            .ok_or_else(|| usage(format!("option -{c} needs a value")))?
+                            .as_os_str()
                     } else {
                         OsStr::from_bytes(rest)
                     };
@@ -231,7 +270,9 @@ fn parse_opts(args: &[OsString]) -> Result<Opts, Usage> {
         // First non-option: the command. `VAR=value` is refused (sudo
         // would set an environment variable).
         if bytes.contains(&b'=') && !bytes.contains(&b'/') {
-            return Err(usage("VAR=value arguments are not supported; configure [env] keep instead"));
+            return Err(usage(
+                "VAR=value arguments are not supported; configure [env] keep instead",
+            ));
         }
         opts.command = args.get(i..).unwrap_or_default().to_vec();
         return Ok(opts);
@@ -251,16 +292,30 @@ pub enum UserSpec {
 pub fn user_spec(s: &str) -> Result<UserSpec, Usage> {
     if let Some(num) = s.strip_prefix('#') {
         if num.is_empty() || num.len() > 10 || !num.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(usage(format!("invalid user id {s:?}: use #N with N in decimal")));
+            return Err(usage(format!(
+                "invalid user id {s:?}: use #N with N in decimal"
+            )));
         }
-        let n: u64 = num.parse().map_err(|_| usage(format!("invalid user id {s:?}")))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| usage(format!("invalid user id {s:?}")))?;
         if n >= u64::from(u32::MAX) {
             return Err(usage(format!("invalid user id {s:?}")));
         }
-        return u32::try_from(n).map(UserSpec::Uid).map_err(|_| usage(format!("invalid user id {s:?}")));
+        return u32::try_from(n)
+            .map(UserSpec::Uid)
+            .map_err(|_| usage(format!("invalid user id {s:?}")));
     }
-    if s.is_empty() || s.len() > 256 || s.starts_with('-') || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/') {
-        return Err(usage(format!("invalid user name {:?}", s.escape_debug().to_string())));
+    if s.is_empty()
+        || s.len() > 256
+        || s.starts_with('-')
+        || s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
+    {
+        return Err(usage(format!(
+            "invalid user name {:?}",
+            s.escape_debug().to_string()
+        )));
     }
     Ok(UserSpec::Name(s.to_string()))
 }
@@ -327,27 +382,57 @@ mod tests {
     #[test]
     fn old_cli_is_accepted() {
         let o = run(&["--grant", "J", "--", "systemctl", "restart", "nginx"]);
-        assert_eq!(o.as_ref().map(|o| o.grant.clone()), Ok(Some(GrantSource::Arg("J".into()))));
-        assert_eq!(o.map(|o| o.command), Ok(a(&["systemctl", "restart", "nginx"])));
-        let o = run(&["--config", "/c.toml", "--run-as", "nobody", "--grant-file", "/g", "--", "id"]);
-        assert_eq!(o.as_ref().map(|o| o.user.clone()), Ok(Some("nobody".into())));
-        assert_eq!(o.as_ref().map(|o| o.config.clone()), Ok(Some(PathBuf::from("/c.toml"))));
+        assert_eq!(
+            o.as_ref().map(|o| o.grant.clone()),
+            Ok(Some(GrantSource::Arg("J".into())))
+        );
+        assert_eq!(
+            o.map(|o| o.command),
+            Ok(a(&["systemctl", "restart", "nginx"]))
+        );
+        let o = run(&[
+            "--config",
+            "/c.toml",
+            "--run-as",
+            "nobody",
+            "--grant-file",
+            "/g",
+            "--",
+            "id",
+        ]);
+        assert_eq!(
+            o.as_ref().map(|o| o.user.clone()),
+            Ok(Some("nobody".into()))
+        );
+        assert_eq!(
+            o.as_ref().map(|o| o.config.clone()),
+            Ok(Some(PathBuf::from("/c.toml")))
+        );
         assert_eq!(o.map(|o| o.grant), Ok(Some(GrantSource::File("/g".into()))));
-        assert_eq!(run(&["--grant-stdin", "--", "id"]).map(|o| o.grant), Ok(Some(GrantSource::Stdin)));
+        assert_eq!(
+            run(&["--grant-stdin", "--", "id"]).map(|o| o.grant),
+            Ok(Some(GrantSource::Stdin))
+        );
         assert_eq!(parse(&a(&["--update"])), Ok(Action::Update(vec![])));
     }
 
     #[test]
     fn sudo_style_clusters_and_first_non_option() {
         let o = run(&["-nuroot", "id", "-u"]);
-        assert_eq!(o.as_ref().map(|o| (o.non_interactive, o.user.clone())), Ok((true, Some("root".into()))));
+        assert_eq!(
+            o.as_ref().map(|o| (o.non_interactive, o.user.clone())),
+            Ok((true, Some("root".into())))
+        );
         assert_eq!(o.map(|o| o.command), Ok(a(&["id", "-u"])));
         let o = run(&["-n", "-u", "nobody", "--user=x"]);
         assert!(o.is_err(), "two users");
         let o = run(&["--user=nobody", "ls", "--", "-l"]);
         assert_eq!(o.map(|o| o.command), Ok(a(&["ls", "--", "-l"])));
         let o = run(&["-E", "--preserve-env=A,B", "-D", "/srv", "id"]);
-        assert_eq!(o.as_ref().map(|o| o.preserve_env.clone()), Ok(vec!["A".to_string(), "B".to_string()]));
+        assert_eq!(
+            o.as_ref().map(|o| o.preserve_env.clone()),
+            Ok(vec!["A".to_string(), "B".to_string()])
+        );
         assert_eq!(o.map(|o| o.chdir), Ok(Some(PathBuf::from("/srv"))));
     }
 
@@ -383,10 +468,19 @@ mod tests {
 
     #[test]
     fn subcommands_and_the_escape_hatch() {
-        assert!(matches!(parse(&a(&["verify", "--grant-stdin", "--", "id"])), Ok(Action::Verify(_))));
-        assert!(matches!(parse(&a(&["verify", "--grant-stdin"])), Ok(Action::Verify(_))));
+        assert!(matches!(
+            parse(&a(&["verify", "--grant-stdin", "--", "id"])),
+            Ok(Action::Verify(_))
+        ));
+        assert!(matches!(
+            parse(&a(&["verify", "--grant-stdin"])),
+            Ok(Action::Verify(_))
+        ));
         // A program named like a subcommand runs after `--`.
-        assert_eq!(run(&["--", "verify"]).map(|o| o.command), Ok(a(&["verify"])));
+        assert_eq!(
+            run(&["--", "verify"]).map(|o| o.command),
+            Ok(a(&["verify"]))
+        );
     }
 
     #[test]
@@ -394,7 +488,22 @@ mod tests {
         assert_eq!(user_spec("root"), Ok(UserSpec::Name("root".into())));
         assert_eq!(user_spec("#0"), Ok(UserSpec::Uid(0)));
         assert_eq!(user_spec("#65534"), Ok(UserSpec::Uid(65534)));
-        for bad in ["#-1", "#4294967295", "#4294967296", "#0x0", "# 0", "#", "#+1", "", "root ", " root", "a\nb", "-n", "a:b", "../x"] {
+        for bad in [
+            "#-1",
+            "#4294967295",
+            "#4294967296",
+            "#0x0",
+            "# 0",
+            "#",
+            "#+1",
+            "",
+            "root ",
+            " root",
+            "a\nb",
+            "-n",
+            "a:b",
+            "../x",
+        ] {
             assert!(user_spec(bad).is_err(), "{bad:?}");
         }
     }

@@ -1,1 +1,583 @@
-fn main() {}
+//! `escapes`: a setuid-root, sudo-compatible front end that runs one
+//! command as another user only with a human-approved OpenApe grant for
+//! exactly that command on this host.
+//!
+//! The flow reads top to bottom in [`run`]: clear the environment, parse
+//! the command line, load the trusted configuration, open the audit log,
+//! find the grant, run the verification chain, resolve user and program,
+//! consume the grant, log, drop privileges, exec. Every refusal on the way
+//! writes a `denied` audit line and exits with the code from DESIGN.md.
+
+mod cli;
+mod env;
+mod sys;
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, User};
+use pam_openape::audit::{AuditLog, Record};
+use pam_openape::command;
+use pam_openape::config::{Config, DEFAULT_CONFIG_PATH};
+use pam_openape::http::Client;
+use pam_openape::jwks::KeyCache;
+use pam_openape::time::{now_unix, rfc3339_utc};
+use pam_openape::token::{MAX_TOKEN_LEN, fingerprint};
+use pam_openape::verify::{self, Approved, Request, Verdict, Verified};
+use pam_openape::{Denial, Kind, Step};
+
+use cli::{Action, GrantSource, Opts, UserSpec};
+
+/// Owner every trust root must have.
+const ROOT: u32 = 0;
+
+fn main() {
+    // First thing: nothing of the caller's environment stays in ours.
+    let snapshot = sys::take_environment();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    std::process::exit(run(args, snapshot));
+}
+
+fn say(msg: &str) {
+    eprintln!("escapes: {msg}");
+}
+
+fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>) -> i32 {
+    // argc == 0 (or an empty argv[0], which the kernel makes of it) is how
+    // PwnKit smuggled environment variables back in: refuse outright.
+    match args.first() {
+        None => {
+            say("refusing to run with an empty argument vector");
+            return 2;
+        }
+        Some(a0) if a0.is_empty() => {
+            say("refusing to run with an empty argv[0]");
+            return 2;
+        }
+        Some(_) => {}
+    }
+    let action = match cli::parse(args.get(1..).unwrap_or_default()) {
+        Ok(a) => a,
+        Err(cli::Usage(msg)) => {
+            say(&format!(
+                "{msg}\nTry 'escapes --help' for more information."
+            ));
+            return 2;
+        }
+    };
+    match action {
+        Action::Help => {
+            print!("{}", cli::HELP);
+            0
+        }
+        Action::Version => {
+            println!("escapes {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Action::Trust(_) | Action::Update(_) => {
+            say("this subcommand is not available in this build yet");
+            1
+        }
+        Action::Run(opts) => elevate(&opts, &snapshot),
+        Action::Verify(opts) => dry_run(&opts, &snapshot),
+    }
+}
+
+/// What every path after the config needs.
+struct Ctx {
+    cfg: Config,
+    audit: AuditLog,
+    real_uid: u32,
+    user: Option<String>,
+    command: Vec<String>,
+    token_fp: Option<String>,
+}
+
+impl Ctx {
+    fn base(&self, event: &'static str) -> Record {
+        Record {
+            ts: rfc3339_utc(now_unix()),
+            event,
+            via: "escapes".into(),
+            real_uid: self.real_uid,
+            user: self.user.clone(),
+            command: self.command.clone(),
+            host: self.cfg.host.clone(),
+            token_fp: self.token_fp.clone(),
+            ..Record::default()
+        }
+    }
+
+    /// Refuse: one `denied` line, one message, the exit code.
+    fn deny(&self, d: &Denial) -> i32 {
+        let rec = Record {
+            step: Some(d.step.name()),
+            reason: Some(d.reason.clone()),
+            ..self.base("denied")
+        };
+        if let Err(e) = self.audit.append(&rec) {
+            say(&e.reason);
+        }
+        say(&d.reason);
+        d.exit_code()
+    }
+}
+
+fn lossy(args: &[OsString]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Load the configuration; the caller cannot bring their own trust root.
+fn load_config(opts: &Opts) -> Result<Config, i32> {
+    if !sys::euid_is_root() {
+        say(
+            "must run as root: install it owned by root with mode 4755 (setuid), or run it as root",
+        );
+        return Err(1);
+    }
+    let path = opts
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    Config::load(&path, ROOT).map_err(|e| {
+        say(&e.reason);
+        e.exit_code()
+    })
+}
+
+fn elevate(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let audit = match AuditLog::open(&cfg.audit_log, ROOT) {
+        Ok(a) => a,
+        Err(e) => {
+            say(&format!(
+                "{}; refusing to run anything that cannot be logged",
+                e.reason
+            ));
+            return 1;
+        }
+    };
+    let mut ctx = Ctx {
+        real_uid: nix::unistd::getuid().as_raw(),
+        user: None,
+        command: lossy(&opts.command),
+        token_fp: None,
+        cfg,
+        audit,
+    };
+    match elevate_logged(opts, snapshot, &mut ctx) {
+        Ok(never) => match never {},
+        Err(d) => ctx.deny(&d),
+    }
+}
+
+enum Never {}
+
+fn elevate_logged(
+    opts: &Opts,
+    snapshot: &[(OsString, OsString)],
+    ctx: &mut Ctx,
+) -> Result<Never, Denial> {
+    let caller = sys::caller().map_err(|e| Denial::new(Step::Caller, Kind::Io, e))?;
+    ctx.user = Some(caller.name.clone());
+
+    // Things that need no grant to be refused.
+    let requested = requested_user(opts)?;
+    check_preserve_env(opts, &ctx.cfg)?;
+    let argv = utf8_argv(&opts.command)?;
+
+    let token = read_grant(opts, snapshot, &caller)?;
+    ctx.token_fp = Some(fingerprint(&token));
+
+    let cfg = &ctx.cfg;
+    let now = now_unix();
+    let client = Client::new(cfg.http_timeout, cfg.ca_bundle.as_deref(), ROOT)?;
+    let mut keys = KeyCache::new(cfg);
+    let req = Request {
+        caller: &caller.name,
+        target_user: requested.as_ref().map(|u| u.name.as_str()),
+        argv: Some(&argv),
+    };
+    let verified = verify::check(&token, &req, cfg, &mut keys, &client, now, &mut |_, _| {})?;
+
+    // Resolve everything that could still fail before the grant is used.
+    let target = target_user(&verified, requested)?;
+    let primary = primary_group(opts, &target)?;
+    let program = resolve_program(&opts.command, &cfg.secure_path)?;
+
+    let approved = verify::consume(verified, &token, cfg, &client, now_unix())?;
+    drop(client);
+    drop(token);
+
+    let rec = Record {
+        run_as: Some(target.name.clone()),
+        cmd_hash: Some(command::cmd_hash(&argv)),
+        grant_id: Some(approved.verified.claims.grant_id.clone()),
+        grant_type: Some(approved.verified.claims.grant_type.as_str()),
+        agent: Some(approved.verified.claims.sub.clone()),
+        issuer: Some(approved.verified.claims.iss.clone()),
+        decided_by: approved.verified.claims.decided_by.clone(),
+        audience: Some(approved.verified.audience.clone()),
+        target_host: Some(approved.verified.claims.target_host.clone()),
+        cwd: std::env::current_dir()
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned()),
+        ..ctx.base("grant_run")
+    };
+    ctx.audit.append(&rec)?;
+
+    let env = env::target_env(
+        snapshot,
+        &cfg.env_keep,
+        &cfg.secure_path
+            .iter()
+            .map(|p| p.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(":"),
+        &env::Identity {
+            target_name: &target.name,
+            target_home: target.dir.as_os_str(),
+            target_shell: target.shell.as_os_str(),
+            caller_name: &caller.name,
+            caller_uid: caller.uid,
+            caller_gid: caller.gid,
+            command: &opts.command,
+        },
+    );
+    run_approved(&approved, &target, primary, &program, opts, &env)
+}
+
+/// The one place that changes identity and executes.
+fn run_approved(
+    approved: &Approved,
+    target: &User,
+    primary: Gid,
+    program: &Path,
+    opts: &Opts,
+    env: &[(OsString, OsString)],
+) -> Result<Never, Denial> {
+    if !approved.allows() || approved.verdict != Verdict::Allow {
+        return Err(Denial::refused(Step::Exec, "internal error: no approval"));
+    }
+    sys::cloexec_from_3().map_err(|e| Denial::new(Step::Exec, Kind::Exec, e))?;
+    sys::become_user(target, primary).map_err(|e| {
+        Denial::new(
+            Step::Exec,
+            Kind::Exec,
+            format!("cannot become {}: {e}", target.name),
+        )
+    })?;
+    if let Some(dir) = &opts.chdir {
+        std::env::set_current_dir(dir).map_err(|e| {
+            Denial::new(
+                Step::Exec,
+                Kind::Io,
+                format!("cannot change to directory {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    let err = sys::exec(program, &opts.command, env);
+    let kind = if err == nix::errno::Errno::ENOENT {
+        Kind::NotFound
+    } else {
+        Kind::Exec
+    };
+    Err(Denial::new(
+        Step::Exec,
+        kind,
+        format!("cannot execute {}: {}", program.display(), err.desc()),
+    ))
+}
+
+fn utf8_argv(cmd: &[OsString]) -> Result<Vec<String>, Denial> {
+    cmd.iter()
+        .map(|a| {
+            a.to_str().map(str::to_string).ok_or_else(|| {
+                Denial::refused(
+                    Step::Command,
+                    "command has an argument that is not valid UTF-8; no grant can name it",
+                )
+            })
+        })
+        .collect()
+}
+
+/// The `-u` user, looked up now (exit 1 if unknown, 2 if malformed).
+fn requested_user(opts: &Opts) -> Result<Option<User>, Denial> {
+    let Some(spec) = &opts.user else {
+        return Ok(None);
+    };
+    let spec =
+        cli::user_spec(spec).map_err(|cli::Usage(m)| Denial::new(Step::Usage, Kind::Usage, m))?;
+    let found = match &spec {
+        UserSpec::Name(n) => sys::user_by_name(n),
+        UserSpec::Uid(u) => sys::user_by_uid(*u),
+    }
+    .map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e))?;
+    match found {
+        Some(u) => Ok(Some(u)),
+        None => Err(Denial::new(
+            Step::TargetUser,
+            Kind::Io,
+            format!("unknown user {}", opts.user.as_deref().unwrap_or_default()),
+        )),
+    }
+}
+
+/// The user the verified grant runs as.
+fn target_user(v: &Verified, requested: Option<User>) -> Result<User, Denial> {
+    let run_as = &v.run_as;
+    if let Some(u) = requested {
+        return Ok(u);
+    }
+    sys::user_by_name(run_as)
+        .map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e))?
+        .ok_or_else(|| {
+            Denial::new(
+                Step::TargetUser,
+                Kind::Io,
+                format!("the grant's user {run_as} does not exist here"),
+            )
+        })
+}
+
+fn primary_group(opts: &Opts, target: &User) -> Result<Gid, Denial> {
+    let Some(g) = &opts.group else {
+        return Ok(target.gid);
+    };
+    let gid = sys::group_by_name(g)
+        .map_err(|e| Denial::new(Step::Usage, Kind::Usage, e))?
+        .ok_or_else(|| Denial::new(Step::TargetUser, Kind::Io, format!("unknown group {g}")))?;
+    let groups = sys::groups_of(target).map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e))?;
+    if !groups.contains(&gid) {
+        return Err(Denial::refused(
+            Step::TargetUser,
+            format!(
+                "{} is not a member of group {g}; -g may only pick one of the target user's groups",
+                target.name
+            ),
+        ));
+    }
+    Ok(gid)
+}
+
+fn check_preserve_env(opts: &Opts, cfg: &Config) -> Result<(), Denial> {
+    for name in &opts.preserve_env {
+        if !env::preserve_allowed(name, &cfg.env_keep) {
+            return Err(Denial::new(
+                Step::Usage,
+                Kind::Config,
+                format!(
+                    "--preserve-env: {name} is not allowed by [env] keep in {}",
+                    cfg.path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Look the program up on secure_path only (never the caller's PATH). A
+/// name with a slash must be absolute.
+fn resolve_program(cmd: &[OsString], secure_path: &[PathBuf]) -> Result<PathBuf, Denial> {
+    let Some(name) = cmd.first() else {
+        return Err(Denial::new(Step::Usage, Kind::Usage, "no command given"));
+    };
+    let runnable =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0);
+    if name.as_bytes().contains(&b'/') {
+        let p = Path::new(name);
+        if !p.is_absolute() {
+            return Err(Denial::new(
+                Step::Usage,
+                Kind::Usage,
+                "the command must be a bare name (looked up on secure_path) or an absolute path",
+            ));
+        }
+        if !p.exists() {
+            return Err(Denial::new(
+                Step::Exec,
+                Kind::NotFound,
+                format!("{}: command not found", p.display()),
+            ));
+        }
+        if !runnable(p) {
+            return Err(Denial::new(
+                Step::Exec,
+                Kind::Exec,
+                format!("{}: not an executable file", p.display()),
+            ));
+        }
+        return Ok(p.to_path_buf());
+    }
+    secure_path
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| runnable(p))
+        .ok_or_else(|| {
+            Denial::new(
+                Step::Exec,
+                Kind::NotFound,
+                format!(
+                    "{}: command not found on secure_path",
+                    OsStr::new(name).to_string_lossy()
+                ),
+            )
+        })
+}
+
+/// Find the grant: flag, stdin, file, environment, then a terminal prompt.
+fn read_grant(
+    opts: &Opts,
+    snapshot: &[(OsString, OsString)],
+    caller: &sys::Caller,
+) -> Result<String, Denial> {
+    let too_big = || {
+        Denial::refused(
+            Step::Parse,
+            format!("grant is larger than {MAX_TOKEN_LEN} bytes"),
+        )
+    };
+    let from_env = |name: &str| {
+        snapshot
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.to_str())
+            .map(str::to_string)
+    };
+    let raw = match &opts.grant {
+        Some(GrantSource::Arg(t)) => t.clone(),
+        Some(GrantSource::Stdin) => read_bounded(std::io::stdin().lock()).map_err(|_| {
+            Denial::new(
+                Step::Grant,
+                Kind::Io,
+                "cannot read the grant from standard input",
+            )
+        })?,
+        Some(GrantSource::File(path)) => sys::as_caller_fs(caller, || read_grant_file(path))
+            .map_err(|()| {
+                Denial::new(
+                    Step::Grant,
+                    Kind::Io,
+                    "cannot read the grant file (it must be a regular file you can read)",
+                )
+            })?,
+        None => match from_env("ESCAPES_GRANT").or_else(|| from_env("OPENAPE_GRANT")) {
+            Some(t) => t,
+            None if opts.non_interactive => {
+                return Err(Denial::new(
+                    Step::Grant,
+                    Kind::Usage,
+                    "no grant given (use --grant-stdin, --grant-file or ESCAPES_GRANT) and -n forbids prompting",
+                ));
+            }
+            None => sys::prompt_no_echo("OpenApe grant: ", MAX_TOKEN_LEN + 1).map_err(|e| {
+                Denial::new(Step::Grant, Kind::Usage, format!("no grant given ({e})"))
+            })?,
+        },
+    };
+    let token = raw.strip_suffix('\n').unwrap_or(&raw);
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(too_big());
+    }
+    if token.is_empty() {
+        return Err(Denial::new(Step::Grant, Kind::Usage, "the grant is empty"));
+    }
+    Ok(token.to_string())
+}
+
+/// Read at most 16 KiB + 1 byte (room for one newline); anything longer
+/// is cut off there and then refused by the size check.
+fn read_bounded(r: impl Read) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    r.take(MAX_TOKEN_LEN as u64 + 2).read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn read_grant_file(path: &Path) -> Result<String, ()> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|_| ())?;
+    if !file.metadata().map_err(|_| ())?.is_file() {
+        return Err(());
+    }
+    read_bounded(file).map_err(|_| ())
+}
+
+/// `escapes verify`: every local check with its verdict; nothing consumed,
+/// nothing run, nothing logged.
+fn dry_run(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
+    let cfg = match load_config(opts) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = (|| -> Result<(), Denial> {
+        let caller = sys::caller().map_err(|e| Denial::new(Step::Caller, Kind::Io, e))?;
+        let requested = requested_user(opts)?;
+        let argv = utf8_argv(&opts.command)?;
+        let token = read_grant(opts, snapshot, &caller)?;
+        println!(
+            "checking grant {} against {}",
+            fingerprint(&token),
+            cfg.path.display()
+        );
+        let client = Client::new(cfg.http_timeout, cfg.ca_bundle.as_deref(), ROOT)?;
+        let mut keys = KeyCache::new(&cfg);
+        let req = Request {
+            caller: &caller.name,
+            target_user: requested.as_ref().map(|u| u.name.as_str()),
+            argv: (!argv.is_empty()).then_some(argv.as_slice()),
+        };
+        let mut report = |step: Step, what: String| {
+            println!(
+                "  ok    {:<12} {}",
+                step.name(),
+                pam_openape::error::sanitize(&what, 200)
+            );
+        };
+        let verified = verify::check(
+            &token,
+            &req,
+            &cfg,
+            &mut keys,
+            &client,
+            now_unix(),
+            &mut report,
+        )?;
+        let target = target_user(&verified, requested)?;
+        println!(
+            "  ok    {:<12} {} (uid {})",
+            "user", target.name, target.uid
+        );
+        if !opts.command.is_empty() {
+            let program = resolve_program(&opts.command, &cfg.secure_path)?;
+            println!("  ok    {:<12} {}", "program", program.display());
+        }
+        println!(
+            "  skip  {:<12} dry run: nothing consumed, nothing run",
+            "consume"
+        );
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            println!("grant passes every local check");
+            0
+        }
+        Err(d) => {
+            println!("  FAIL  {:<12} {}", d.step.name(), d.reason);
+            say(&d.reason);
+            d.exit_code()
+        }
+    }
+}

@@ -30,8 +30,9 @@ pub enum Verdict {
 pub struct Request<'a> {
     /// Local name of the real uid that asks.
     pub caller: &'a str,
-    /// The user the command will run as.
-    pub target_user: &'a str,
+    /// The user being switched to (`-u`, or the sudo/su target), or
+    /// `None` to take the grant's `run_as` (else the configured `run_as`).
+    pub target_user: Option<&'a str>,
     /// The argv to run, or `None` where no command is run (then only grants
     /// without a command binding pass).
     pub argv: Option<&'a [String]>,
@@ -44,6 +45,8 @@ pub struct Verified {
     pub fingerprint: String,
     /// The `aud` value that matched.
     pub audience: String,
+    /// The user the grant runs as (`run_as` claim, else configuration).
+    pub run_as: String,
     pub matched: Option<Matched>,
     pub verdict: Verdict,
 }
@@ -168,9 +171,9 @@ pub fn check(
         return Err(refuse(
             Step::Audience,
             format!(
-                "grant audience {} is not in allowed_audiences ({})",
+                "grant audience {} is not in allowed_audiences of {}",
                 sanitize(&c.aud.values().join(","), 120),
-                cfg.allowed_audiences.join(",")
+                cfg.path.display()
             ),
         ));
     };
@@ -207,17 +210,16 @@ pub fn check(
 
     // 10. Target user.
     let run_as = c.run_as.as_deref().unwrap_or(&cfg.run_as);
-    if run_as != req.target_user {
+    if let Some(wanted) = req.target_user
+        && run_as != wanted
+    {
         return Err(refuse(
             Step::TargetUser,
-            format!(
-                "grant is for user {}, not {}",
-                sanitize(run_as, 64),
-                req.target_user
-            ),
+            format!("grant is for user {}, not {wanted}", sanitize(run_as, 64)),
         ));
     }
-    on_pass(Step::TargetUser, run_as.to_string());
+    let run_as = run_as.to_string();
+    on_pass(Step::TargetUser, run_as.clone());
 
     // 11. Command.
     let matched = match req.argv {
@@ -240,6 +242,7 @@ pub fn check(
 
     Ok(Verified {
         audience: audience.clone(),
+        run_as,
         fingerprint: parsed.fingerprint.clone(),
         claims: parsed.claims,
         matched,

@@ -1,0 +1,276 @@
+//! Everything that touches process identity, descriptors, signals and the
+//! terminal. The few `unsafe` calls of `escapes` live here, each with a
+//! SAFETY line.
+
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStringExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::termios::{self, LocalFlags, SetArg};
+use nix::unistd::{Gid, Uid, User};
+
+/// Take the whole environment and clear it. Must run first thing in
+/// `main`, before any thread exists.
+pub fn take_environment() -> Vec<(OsString, OsString)> {
+    let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    for (k, _) in &vars {
+        // SAFETY: called at the start of main while the process has exactly
+        // one thread, so no other thread can read the environment meanwhile.
+        unsafe { std::env::remove_var(k) };
+    }
+    vars
+}
+
+/// The invoking user, from the real uid (never from the environment).
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+}
+
+pub fn caller() -> Result<Caller, String> {
+    let uid = Uid::current();
+    let user = User::from_uid(uid)
+        .map_err(|e| format!("cannot look up your user id {uid}: {e}"))?
+        .ok_or_else(|| format!("your user id {uid} has no passwd entry"))?;
+    Ok(Caller {
+        uid: uid.as_raw(),
+        gid: Gid::current().as_raw(),
+        name: user.name,
+    })
+}
+
+pub fn euid_is_root() -> bool {
+    Uid::effective().is_root()
+}
+
+pub fn user_by_name(name: &str) -> Result<Option<User>, String> {
+    User::from_name(name).map_err(|e| format!("cannot look up user {name}: {e}"))
+}
+
+pub fn user_by_uid(uid: u32) -> Result<Option<User>, String> {
+    User::from_uid(Uid::from_raw(uid)).map_err(|e| format!("cannot look up user id {uid}: {e}"))
+}
+
+/// The groups `user` belongs to (primary first).
+pub fn groups_of(user: &User) -> Result<Vec<Gid>, String> {
+    let name =
+        CString::new(user.name.as_bytes()).map_err(|_| "user name contains NUL".to_string())?;
+    nix::unistd::getgrouplist(&name, user.gid)
+        .map_err(|e| format!("cannot list the groups of {}: {e}", user.name))
+}
+
+pub fn group_by_name(name: &str) -> Result<Option<Gid>, String> {
+    if let Some(num) = name.strip_prefix('#') {
+        return num
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n != u32::MAX)
+            .map(|n| Some(Gid::from_raw(n)))
+            .ok_or_else(|| format!("invalid group id {name:?}"));
+    }
+    nix::unistd::Group::from_name(name)
+        .map(|g| g.map(|g| g.gid))
+        .map_err(|e| format!("cannot look up group {name}: {e}"))
+}
+
+/// Become `user` for good: supplementary groups from the group database
+/// (none of the caller's survive), then gid, then uid (real, effective and
+/// saved), then check that there is no way back.
+pub fn become_user(user: &User, primary: Gid) -> Result<(), String> {
+    let name =
+        CString::new(user.name.as_bytes()).map_err(|_| "user name contains NUL".to_string())?;
+    nix::unistd::initgroups(&name, primary)
+        .map_err(|e| format!("initgroups({}): {e}", user.name))?;
+    nix::unistd::setresgid(primary, primary, primary)
+        .map_err(|e| format!("setresgid({primary}): {e}"))?;
+    nix::unistd::setresuid(user.uid, user.uid, user.uid)
+        .map_err(|e| format!("setresuid({}): {e}", user.uid))?;
+    let ids = nix::unistd::getresuid().map_err(|e| format!("getresuid: {e}"))?;
+    let gids = nix::unistd::getresgid().map_err(|e| format!("getresgid: {e}"))?;
+    if ids.real != user.uid || ids.effective != user.uid || ids.saved != user.uid {
+        return Err("user id did not change completely".into());
+    }
+    if gids.real != primary || gids.effective != primary || gids.saved != primary {
+        return Err("group id did not change completely".into());
+    }
+    if !user.uid.is_root() && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err("could regain root after dropping privileges".into());
+    }
+    Ok(())
+}
+
+/// Mark every descriptor above 2 close-on-exec, so the command inherits
+/// only stdin, stdout and stderr (our own error output still works if exec
+/// fails).
+pub fn cloexec_from_3() -> Result<(), String> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags of this process; the
+    // arguments are plain integers and no memory is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    // Older kernels: walk /proc/self/fd.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("cannot list descriptors: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: fcntl(F_SETFD) on an integer descriptor touches no memory;
+        // a descriptor closed meanwhile just fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Run `f` with the file-system identity of the caller (setfsuid and
+/// setfsgid; the supplementary groups are still the caller's), so a file
+/// is opened with exactly the caller's rights, never root's.
+pub fn as_caller_fs<T>(caller: &Caller, f: impl FnOnce() -> T) -> T {
+    let old_uid = nix::unistd::setfsuid(Uid::from_raw(caller.uid));
+    let old_gid = nix::unistd::setfsgid(Gid::from_raw(caller.gid));
+    let out = f();
+    nix::unistd::setfsgid(old_gid);
+    nix::unistd::setfsuid(old_uid);
+    out
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Prompt on the controlling terminal with echo off and read one line of
+/// at most `max` bytes. Echo is restored on every path, including Ctrl-C
+/// (the read is interrupted, the terminal restored, then `Err`).
+pub fn prompt_no_echo(prompt: &str, max: usize) -> Result<String, String> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|_| "no terminal to prompt on".to_string())?;
+    let saved = termios::tcgetattr(tty.as_fd())
+        .map_err(|_| "cannot read the terminal settings".to_string())?;
+    let mut quiet = saved.clone();
+    quiet
+        .local_flags
+        .remove(LocalFlags::ECHO | LocalFlags::ECHONL);
+    quiet
+        .local_flags
+        .insert(LocalFlags::ICANON | LocalFlags::ISIG);
+
+    let handler = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    let mut old = Vec::new();
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTSTP,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe; no SA_RESTART, so the read below returns EINTR.
+        if let Ok(prev) = unsafe { sigaction(sig, &handler) } {
+            old.push((sig, prev));
+        }
+    }
+
+    let _ = (&tty).write_all_str(prompt);
+    let result = termios::tcsetattr(tty.as_fd(), SetArg::TCSAFLUSH, &quiet)
+        .map_err(|_| "cannot turn off echo".to_string())
+        .and_then(|()| read_line(&tty, max));
+    let _ = termios::tcsetattr(tty.as_fd(), SetArg::TCSAFLUSH, &saved);
+    let _ = (&tty).write_all_str("\n");
+    for (sig, prev) in old {
+        // SAFETY: restores the disposition that was in place before.
+        let _ = unsafe { sigaction(sig, &prev) };
+    }
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err("interrupted".into());
+    }
+    result
+}
+
+trait WriteStr {
+    fn write_all_str(self, s: &str) -> std::io::Result<()>;
+}
+
+impl WriteStr for &File {
+    fn write_all_str(self, s: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = self;
+        f.write_all(s.as_bytes())
+    }
+}
+
+fn read_line(mut tty: &File, max: usize) -> Result<String, String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            return Err("interrupted".into());
+        }
+        match tty.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => {
+                if line.len() >= max {
+                    return Err("input is too long".into());
+                }
+                line.push(byte[0]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                return Err("interrupted".into());
+            }
+            Err(_) => return Err("cannot read from the terminal".into()),
+        }
+    }
+    String::from_utf8(line).map_err(|_| "input is not UTF-8".into())
+}
+
+/// Replace the process image. Returns only on failure.
+pub fn exec(
+    path: &std::path::Path,
+    argv: &[OsString],
+    env: &[(OsString, OsString)],
+) -> nix::errno::Errno {
+    let to_c = |v: Vec<u8>| CString::new(v).ok();
+    let Some(path) = to_c(path.as_os_str().to_owned().into_vec()) else {
+        return nix::errno::Errno::EINVAL;
+    };
+    let args: Option<Vec<CString>> = argv.iter().map(|a| to_c(a.clone().into_vec())).collect();
+    let envs: Option<Vec<CString>> = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.clone().into_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_encoded_bytes());
+            to_c(kv)
+        })
+        .collect();
+    let (Some(args), Some(envs)) = (args, envs) else {
+        return nix::errno::Errno::EINVAL;
+    };
+    match nix::unistd::execve(&path, &args, &envs) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
