@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The README demo: a human-approved grant for `id`, run through the setuid
+# escapes by a non-root user, against the test IdP on 127.0.0.1.
+# Everything lives under /var/lib/openape-demo; the machine's /etc is not
+# touched. Needs root (installs a setuid binary, creates a user).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=${CARGO_TARGET_DIR:-target}/debug
+DEMO=/var/lib/openape-demo
+USER_NAME=openape-demo
+HOST=demo-host
+
+if [ "$(id -u)" != 0 ]; then echo "demo: run as root (it installs a setuid binary)" >&2; exit 1; fi
+id "$USER_NAME" >/dev/null 2>&1 || useradd -M -s /bin/sh -U "$USER_NAME"
+
+rm -rf "$DEMO"
+install -d -m 0755 "$DEMO" "$DEMO/bin" "$DEMO/etc"
+install -d -m 0700 "$DEMO/log" "$DEMO/cache"
+install -o root -g root -m 4755 "$TARGET/escapes" "$DEMO/bin/escapes"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. Start the test IdP on loopback"
+"$TARGET/openape-test-idp" --lifetime 120 > "$DEMO/idp.out" &
+IDP_PID=$!
+trap 'kill $IDP_PID 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q '^issuer=' "$DEMO/idp.out" 2>/dev/null && break; sleep 0.1; done
+ISS=$(sed -n 's/^issuer=//p' "$DEMO/idp.out")
+echo "issuer: $ISS"
+
+step "2. Trust it: $DEMO/etc/config.toml (root-owned, 0600)"
+cat > "$DEMO/etc/config.toml" <<TOML
+host = "$HOST"
+audit_log = "$DEMO/log/audit.log"
+
+[security]
+allowed_issuers = ["$ISS"]
+allowed_approvers = ["alice@example.com"]
+
+[cache]
+dir = "$DEMO/cache"
+TOML
+chmod 0600 "$DEMO/etc/config.toml"
+cat "$DEMO/etc/config.toml"
+
+# Pull one string field out of a flat JSON answer (no jq/python needed).
+json() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"; }
+
+step "3. An agent asks for 'id' as root on $HOST"
+GID=$(curl -sf -X POST "$ISS/api/grants" -H 'Content-Type: application/json' \
+  -d "{\"requester\":\"agent@example.com\",\"target_host\":\"$HOST\",\"audience\":\"escapes\",\"grant_type\":\"once\",\"command\":[\"id\"],\"run_as\":\"root\",\"reason\":\"demo\"}" | json id)
+echo "grant $GID pending"
+
+step "4. alice@example.com approves it; the agent fetches the signed grant"
+curl -sf -X POST "$ISS/api/grants/$GID/approve" -H 'Content-Type: application/json' -d '{"decided_by":"alice@example.com"}' >/dev/null
+curl -sf -X POST "$ISS/api/grants/$GID/token" | json authz_jwt > "$DEMO/grant.jwt"
+chown "$USER_NAME" "$DEMO/grant.jwt"; chmod 0600 "$DEMO/grant.jwt"
+echo "grant token written to $DEMO/grant.jwt (readable by $USER_NAME only)"
+
+ESC="$DEMO/bin/escapes --config $DEMO/etc/config.toml --grant-file $DEMO/grant.jwt --"
+step "5. $USER_NAME runs: escapes --grant-file grant.jwt -- id"
+setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups -- $ESC id
+echo "exit status: $?"
+
+step "6. The same grant again (once-grants are single use)"
+set +e
+setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups -- $ESC id
+echo "exit status: $? (5 = refused)"
+step "7. The grant for 'id' used for 'id -u'"
+setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups -- $ESC id -u
+echo "exit status: $? (5 = refused)"
+set -e
+
+step "8. The audit log ($DEMO/log/audit.log)"
+cat "$DEMO/log/audit.log"
