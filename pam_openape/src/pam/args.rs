@@ -1,0 +1,161 @@
+//! Module arguments from the PAM stack line, parsed strictly: an unknown
+//! argument or a bad value is an error (PAM_SERVICE_ERR), never a silent
+//! default.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+/// How the module finds the command being authorised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandMode {
+    /// sudo/sudo-rs: from the host's argv; su: from `-c`; else none.
+    Auto,
+    /// Never a command: only grants without a command binding pass.
+    None,
+}
+
+/// Parsed arguments, every default documented here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Args {
+    /// `config=PATH`, default `/etc/openape/config.toml`.
+    pub config: PathBuf,
+    /// `audience=NAME`: accept this audience instead of the configured ones.
+    pub audience: Option<String>,
+    /// `grant_env=NAME`, default `OPENAPE_GRANT`.
+    pub grant_env: String,
+    /// `prompt=TEXT`, default `OpenApe grant: ` (underscores become spaces,
+    /// since a PAM line splits on spaces).
+    pub prompt: String,
+    /// `nonint`: never prompt through the conversation.
+    pub nonint: bool,
+    /// `command=auto|none`, default auto.
+    pub command: CommandMode,
+    /// `grant_only`: in the account phase, refuse unless this very handle
+    /// verified a grant for this very command (closes sudo's timestamp).
+    pub grant_only: bool,
+    /// `debug`: log every passed step to syslog.
+    pub debug: bool,
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            config: PathBuf::from(crate::config::DEFAULT_CONFIG_PATH),
+            audience: None,
+            grant_env: "OPENAPE_GRANT".into(),
+            prompt: "OpenApe grant: ".into(),
+            nonint: false,
+            command: CommandMode::Auto,
+            grant_only: false,
+            debug: false,
+        }
+    }
+}
+
+fn env_name_ok(n: &str) -> bool {
+    let mut c = n.chars();
+    matches!(c.next(), Some(x) if x == '_' || x.is_ascii_alphabetic())
+        && c.all(|x| x == '_' || x.is_ascii_alphanumeric())
+}
+
+pub fn parse(args: &[&str]) -> Result<Args, String> {
+    let mut out = Args::default();
+    for arg in args {
+        let (key, value) = match arg.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (*arg, None),
+        };
+        let need = |what: &str| {
+            value
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("argument {what} needs a value"))
+        };
+        match key {
+            "config" => {
+                let p = PathBuf::from(need("config=")?);
+                if !p.is_absolute() {
+                    return Err("config= must be an absolute path".into());
+                }
+                out.config = p;
+            }
+            "audience" => out.audience = Some(need("audience=")?.to_string()),
+            "grant_env" => {
+                let n = need("grant_env=")?;
+                if !env_name_ok(n) {
+                    return Err(format!("grant_env={n} is not a variable name"));
+                }
+                out.grant_env = n.to_string();
+            }
+            "prompt" => out.prompt = need("prompt=")?.replace('_', " "),
+            "command" => {
+                out.command = match need("command=")? {
+                    "auto" => CommandMode::Auto,
+                    "none" => CommandMode::None,
+                    other => return Err(format!("command={other}: use auto or none")),
+                }
+            }
+            "nonint" | "grant_only" | "debug" if value.is_some() => {
+                return Err(format!("argument {key} takes no value"));
+            }
+            "nonint" => out.nonint = true,
+            "grant_only" => out.grant_only = true,
+            "debug" => out.debug = true,
+            other => {
+                return Err(format!(
+                    "unknown argument {}",
+                    crate::error::sanitize(other, 40)
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_values() {
+        assert_eq!(parse(&[]), Ok(Args::default()));
+        let a = parse(&[
+            "config=/etc/x.toml",
+            "audience=sudo",
+            "grant_env=G",
+            "prompt=Grant:_",
+            "nonint",
+            "command=none",
+            "grant_only",
+            "debug",
+        ]);
+        assert_eq!(
+            a,
+            Ok(Args {
+                config: "/etc/x.toml".into(),
+                audience: Some("sudo".into()),
+                grant_env: "G".into(),
+                prompt: "Grant: ".into(),
+                nonint: true,
+                command: CommandMode::None,
+                grant_only: true,
+                debug: true,
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_or_bad_arguments_are_errors() {
+        for bad in [
+            &["bogus"][..],
+            &["config=rel.toml"],
+            &["config="],
+            &["command=maybe"],
+            &["grant_env=A-B"],
+            &["nonint=1"],
+            &["use_first_pass"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

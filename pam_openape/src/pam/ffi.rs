@@ -1,0 +1,69 @@
+//! The only `unsafe` of this crate: libpam calls that pam-bindings does not
+//! wrap (`pam_getenv`, `pam_syslog`) and typed access to our own
+//! `pam_set_data` slot.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_int};
+
+use pam::module::PamHandle;
+
+unsafe extern "C" {
+    fn pam_getenv(pamh: *mut PamHandle, name: *const c_char) -> *const c_char;
+    fn pam_syslog(pamh: *const PamHandle, priority: c_int, fmt: *const c_char, ...);
+}
+
+/// A variable from the PAM environment (not the process environment).
+pub fn getenv(pamh: &mut PamHandle, name: &str) -> Option<String> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: pamh is the live handle libpam passed to this hook; name is a
+    // valid NUL-terminated string; the result is NULL or a string owned by
+    // libpam that stays valid until the PAM environment changes, and we copy
+    // it before returning.
+    let ptr = unsafe { pam_getenv(pamh as *mut PamHandle, name.as_ptr()) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL pointers from pam_getenv point to a NUL-terminated
+    // string (see above).
+    let value = unsafe { CStr::from_ptr(ptr) };
+    value.to_str().ok().map(str::to_string)
+}
+
+/// One line to syslog (authpriv), through libpam so it carries the
+/// service and module name. The message is sanitised and passed as an
+/// argument to a constant `%s` format, never as the format.
+pub fn syslog(pamh: &PamHandle, priority: c_int, msg: &str) {
+    let clean = crate::error::sanitize(msg, 900);
+    let Ok(text) = CString::new(clean) else {
+        return;
+    };
+    // SAFETY: pamh is the live handle; the format is a constant "%s" with
+    // exactly one string argument, which is NUL-terminated and outlives the
+    // call.
+    unsafe {
+        pam_syslog(
+            pamh as *const PamHandle,
+            libc::LOG_AUTHPRIV | priority,
+            c"%s".as_ptr(),
+            text.as_ptr(),
+        )
+    };
+}
+
+/// Key of our per-handle state. Unique to this module; only ever stored
+/// with the type `super::HandleState`.
+pub const STATE_KEY: &str = "openape.pam_openape.state.v1";
+
+/// Read our per-handle state.
+pub fn get_state(pamh: &PamHandle) -> Option<&super::HandleState> {
+    // SAFETY: STATE_KEY is private to this module and set only by
+    // `put_state` with a Box<HandleState>, so the stored type is HandleState.
+    unsafe { pamh.get_data::<super::HandleState>(STATE_KEY) }.ok()
+}
+
+/// Store our per-handle state; libpam frees it at pam_end (the cleanup
+/// only drops memory: no I/O, no logging).
+pub fn put_state(pamh: &mut PamHandle, state: super::HandleState) -> bool {
+    pamh.set_data(STATE_KEY, Box::new(state)).is_ok()
+}

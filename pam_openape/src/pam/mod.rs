@@ -1,0 +1,460 @@
+//! `pam_openape.so`: stock sudo, sudo-rs and su accept an OpenApe grant.
+//!
+//! The hooks only gather inputs (grant, caller, target user, argv) and act
+//! on the verdict of [`crate::verify`]. Every hook is wrapped in
+//! `catch_unwind` (a panic is a refusal, never an abort of the host);
+//! nothing outlives a hook (no thread, no descriptor, no global state);
+//! per-handle state lives in `pam_set_data`. Return codes:
+//!
+//! * no grant found → `PAM_IGNORE` (a `sufficient` line falls through);
+//! * grant refused → `PAM_AUTH_ERR`;
+//! * IdP unreachable → `PAM_AUTHINFO_UNAVAIL`;
+//! * configuration or module arguments broken → `PAM_SERVICE_ERR`.
+
+pub mod args;
+mod ffi;
+
+use std::ffi::CStr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use pam::constants::{PAM_ERROR_MSG, PAM_PROMPT_ECHO_OFF, PAM_SILENT, PamFlag, PamResultCode};
+use pam::module::{PamHandle, PamHooks};
+
+use self::args::{Args, CommandMode};
+use crate::audit::{AuditLog, Record};
+use crate::config::Config;
+use crate::error::{Denial, Kind, Step};
+use crate::http::Client;
+use crate::invocation::{self, UserSpec};
+use crate::jwks::KeyCache;
+use crate::time::{now_unix, rfc3339_utc};
+use crate::token::fingerprint;
+use crate::verify::{self, Request};
+
+/// Trust roots must be owned by root.
+const ROOT: u32 = 0;
+
+/// What authentication left in the handle for the account and session
+/// phases.
+pub struct HandleState {
+    argv: Option<Vec<String>>,
+    target: String,
+    grant_id: String,
+}
+
+struct OpenApe;
+
+pam::pam_hooks!(OpenApe);
+
+impl PamHooks for OpenApe {
+    fn sm_authenticate(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
+        guarded(|| authenticate(pamh, &args, flags))
+    }
+
+    fn acct_mgmt(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        guarded(|| account(pamh, &args))
+    }
+
+    fn sm_setcred(_pamh: &mut PamHandle, _args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        PamResultCode::PAM_SUCCESS
+    }
+
+    fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        guarded(|| session(pamh, &args, "session_open"))
+    }
+
+    fn sm_close_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        guarded(|| session(pamh, &args, "session_close"))
+    }
+}
+
+/// A panic inside a hook is a refusal, decided here on purpose.
+fn guarded(f: impl FnOnce() -> PamResultCode) -> PamResultCode {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(PamResultCode::PAM_AUTH_ERR)
+}
+
+fn code_for(d: &Denial) -> PamResultCode {
+    match d.kind {
+        Kind::Refused | Kind::Usage => PamResultCode::PAM_AUTH_ERR,
+        Kind::Unavailable => PamResultCode::PAM_AUTHINFO_UNAVAIL,
+        Kind::Config | Kind::Io | Kind::Exec | Kind::NotFound => PamResultCode::PAM_SERVICE_ERR,
+    }
+}
+
+fn parse_args(pamh: &PamHandle, raw: &[&CStr]) -> Result<Args, PamResultCode> {
+    let strs: Option<Vec<&str>> = raw.iter().map(|a| a.to_str().ok()).collect();
+    let parsed = strs
+        .ok_or_else(|| "module argument is not UTF-8".to_string())
+        .and_then(|s| args::parse(&s));
+    parsed.map_err(|e| {
+        ffi::syslog(
+            pamh,
+            libc::LOG_ERR,
+            &format!("refusing: bad module arguments: {e}"),
+        );
+        PamResultCode::PAM_SERVICE_ERR
+    })
+}
+
+fn item<'a, T: pam::items::Item<'a>>(
+    pamh: &'a PamHandle,
+    get: impl Fn(T) -> &'a CStr,
+) -> Option<String> {
+    let v = pamh.get_item::<T>().ok().flatten()?;
+    get(v).to_str().ok().map(str::to_string)
+}
+
+fn service(pamh: &PamHandle) -> String {
+    item::<pam::items::Service>(pamh, |s| s.0).unwrap_or_default()
+}
+
+/// Load the configuration (with the `audience=` override) and open the log.
+fn load(pamh: &PamHandle, args: &Args) -> Result<(Config, AuditLog), PamResultCode> {
+    let mut cfg = Config::load(&args.config, ROOT).map_err(|e| {
+        ffi::syslog(pamh, libc::LOG_ERR, &format!("refusing: {}", e.reason));
+        PamResultCode::PAM_SERVICE_ERR
+    })?;
+    if let Some(aud) = &args.audience {
+        cfg.allowed_audiences = vec![aud.clone()];
+    }
+    let audit = AuditLog::open(&cfg.audit_log, ROOT).map_err(|e| {
+        ffi::syslog(pamh, libc::LOG_ERR, &format!("refusing: {}", e.reason));
+        PamResultCode::PAM_SERVICE_ERR
+    })?;
+    Ok((cfg, audit))
+}
+
+fn base_record(cfg: &Config, service: &str, event: &'static str) -> Record {
+    let real_uid = nix::unistd::getuid().as_raw();
+    Record {
+        ts: rfc3339_utc(now_unix()),
+        event,
+        via: format!("pam:{service}"),
+        real_uid,
+        user: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(real_uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name),
+        host: cfg.host.clone(),
+        ..Record::default()
+    }
+}
+
+/// Where the grant comes from: the application's environment, the PAM
+/// environment, else a no-echo prompt (unless `nonint`). `None`: no grant.
+fn find_grant(pamh: &mut PamHandle, args: &Args) -> Option<String> {
+    let nonempty = |s: String| {
+        let t = s.strip_suffix('\n').unwrap_or(&s).to_string();
+        (!t.is_empty()).then_some(t)
+    };
+    if let Some(t) = std::env::var(&args.grant_env).ok().and_then(nonempty) {
+        return Some(t);
+    }
+    if let Some(t) = ffi::getenv(pamh, &args.grant_env).and_then(nonempty) {
+        return Some(t);
+    }
+    if args.nonint {
+        return None;
+    }
+    let conv = pamh.get_item::<pam::conv::Conv>().ok().flatten()?;
+    let answer = conv
+        .send(PAM_PROMPT_ECHO_OFF, &args.prompt)
+        .ok()
+        .flatten()?;
+    answer.as_str().ok().map(str::to_string).and_then(nonempty)
+}
+
+/// What this host process is about to do: target user and argv.
+fn what_is_authorised(
+    pamh: &PamHandle,
+    args: &Args,
+    service: &str,
+) -> Result<(String, Option<Vec<String>>), Denial> {
+    let refuse = |m: String| Denial::refused(Step::Command, m);
+    let pam_user = || {
+        item::<pam::items::User>(pamh, |u| u.0)
+            .ok_or_else(|| Denial::new(Step::TargetUser, Kind::Refused, "PAM_USER is not set"))
+    };
+    let kind = match args.command {
+        CommandMode::None => "",
+        CommandMode::Auto => service,
+    };
+    match kind {
+        "sudo" => {
+            let inv = invocation::own_cmdline()
+                .and_then(|a| invocation::parse_sudo(&a))
+                .map_err(refuse)?;
+            let target = match inv.user {
+                None => "root".to_string(),
+                Some(spec) => resolve_name(&spec)?,
+            };
+            Ok((target, inv.argv))
+        }
+        "su" | "su-l" => {
+            let inv = invocation::own_cmdline()
+                .and_then(|a| invocation::parse_su(&a))
+                .map_err(refuse)?;
+            let target = pam_user()?;
+            let named = match inv.user {
+                None => "root".to_string(),
+                Some(spec) => resolve_name(&spec)?,
+            };
+            if named != target {
+                return Err(Denial::refused(
+                    Step::TargetUser,
+                    format!("su command line names {named} but PAM_USER is {target}"),
+                ));
+            }
+            Ok((target, inv.argv))
+        }
+        _ => Ok((pam_user()?, None)),
+    }
+}
+
+fn resolve_name(spec: &UserSpec) -> Result<String, Denial> {
+    let found = match spec {
+        UserSpec::Name(n) => nix::unistd::User::from_name(n),
+        UserSpec::Uid(u) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*u)),
+    };
+    match found {
+        Ok(Some(u)) => Ok(u.name),
+        _ => Err(Denial::new(
+            Step::TargetUser,
+            Kind::Refused,
+            "unknown target user",
+        )),
+    }
+}
+
+/// The caller is the real uid; PAM_RUSER must name the same user.
+fn caller(pamh: &PamHandle) -> Result<String, Denial> {
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .ok_or_else(|| {
+            Denial::new(
+                Step::Caller,
+                Kind::Refused,
+                format!("uid {uid} has no passwd entry"),
+            )
+        })?;
+    match item::<pam::items::RUser>(pamh, |r| r.0) {
+        Some(ruser) if ruser == name => Ok(name),
+        Some(ruser) => Err(Denial::refused(
+            Step::Caller,
+            format!(
+                "PAM_RUSER {} is not the real user {name}",
+                crate::error::sanitize(&ruser, 64)
+            ),
+        )),
+        None => Err(Denial::refused(
+            Step::Caller,
+            "PAM_RUSER is not set; cannot tell who asks",
+        )),
+    }
+}
+
+fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResultCode {
+    let args = match parse_args(pamh, raw) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let Some(token) = find_grant(pamh, &args) else {
+        return PamResultCode::PAM_IGNORE;
+    };
+    let service = service(pamh);
+    let (cfg, audit) = match load(pamh, &args) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let mut rec = base_record(&cfg, &service, "denied");
+    rec.token_fp = Some(fingerprint(&token));
+
+    let result = (|| -> Result<(verify::Approved, String, Option<Vec<String>>), Denial> {
+        let caller = caller(pamh)?;
+        let (target, argv) = what_is_authorised(pamh, &args, &service)?;
+        rec.command = argv.clone().unwrap_or_default();
+        rec.run_as = Some(target.clone());
+        let client = Client::new(cfg.http_timeout, cfg.ca_bundle.as_deref(), ROOT)?;
+        let mut keys = KeyCache::new(&cfg);
+        let req = Request {
+            caller: &caller,
+            target_user: Some(&target),
+            argv: argv.as_deref(),
+        };
+        let debug = args.debug;
+        let verified = verify::check(
+            &token,
+            &req,
+            &cfg,
+            &mut keys,
+            &client,
+            now_unix(),
+            &mut |step, what| {
+                if debug {
+                    ffi::syslog(
+                        pamh,
+                        libc::LOG_DEBUG,
+                        &format!("ok {}: {what}", step.name()),
+                    );
+                }
+            },
+        )?;
+        let approved = verify::consume(verified, &token, &cfg, &client, now_unix())?;
+        Ok((approved, target, argv))
+    })();
+
+    match result {
+        Ok((approved, target, argv)) if approved.allows() => {
+            let c = &approved.verified.claims;
+            let ok = Record {
+                event: "grant_run",
+                cmd_hash: argv.as_deref().map(crate::command::cmd_hash),
+                grant_id: Some(c.grant_id.clone()),
+                grant_type: Some(c.grant_type.as_str()),
+                agent: Some(c.sub.clone()),
+                issuer: Some(c.iss.clone()),
+                decided_by: c.decided_by.clone(),
+                audience: Some(approved.verified.audience.clone()),
+                target_host: Some(c.target_host.clone()),
+                ..rec
+            };
+            if let Err(e) = audit.append(&ok) {
+                ffi::syslog(pamh, libc::LOG_ERR, &format!("refusing: {}", e.reason));
+                return PamResultCode::PAM_SERVICE_ERR;
+            }
+            ffi::syslog(
+                pamh,
+                libc::LOG_NOTICE,
+                &format!(
+                    "grant {} ({}) approved by {} accepted: {} as {target}: {:?}",
+                    c.grant_id,
+                    c.grant_type.as_str(),
+                    c.decided_by.as_deref().unwrap_or("?"),
+                    ok.user.as_deref().unwrap_or("?"),
+                    ok.command
+                ),
+            );
+            let state = HandleState {
+                argv,
+                target,
+                grant_id: c.grant_id.clone(),
+            };
+            if !ffi::put_state(pamh, state) {
+                return PamResultCode::PAM_SERVICE_ERR;
+            }
+            PamResultCode::PAM_SUCCESS
+        }
+        Ok(_) => PamResultCode::PAM_AUTH_ERR,
+        Err(d) => {
+            let line = Record {
+                step: Some(d.step.name()),
+                reason: Some(d.reason.clone()),
+                ..rec
+            };
+            if let Err(e) = audit.append(&line) {
+                ffi::syslog(pamh, libc::LOG_ERR, &e.reason);
+            }
+            ffi::syslog(
+                pamh,
+                libc::LOG_WARNING,
+                &format!("grant refused at {}: {}", d.step.name(), d.reason),
+            );
+            if flags & PAM_SILENT == 0
+                && let Ok(Some(conv)) = pamh.get_item::<pam::conv::Conv>()
+            {
+                let _ = conv.send(
+                    PAM_ERROR_MSG,
+                    &format!("OpenApe: {}", crate::error::sanitize(&d.reason, 300)),
+                );
+            }
+            code_for(&d)
+        }
+    }
+}
+
+/// Account phase. A handle this module authenticated passes; in
+/// `grant_only` mode everything else is refused, so sudo's cached
+/// timestamp can never stand in for a grant.
+fn account(pamh: &mut PamHandle, raw: &[&CStr]) -> PamResultCode {
+    let args = match parse_args(pamh, raw) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let service = service(pamh);
+    let verdict: Result<(), String> = match ffi::get_state(pamh) {
+        Some(state) => match what_is_authorised(pamh, &args, &service) {
+            Ok((target, argv)) if target == state.target && argv == state.argv => Ok(()),
+            Ok(_) => Err(format!(
+                "grant {} was verified for another command or user",
+                state.grant_id
+            )),
+            Err(d) => Err(d.reason),
+        },
+        None if args.grant_only => {
+            Err("no grant was verified for this command (grant_only)".into())
+        }
+        None => return PamResultCode::PAM_IGNORE,
+    };
+    match verdict {
+        Ok(()) => PamResultCode::PAM_SUCCESS,
+        Err(reason) => {
+            if let Ok((cfg, audit)) = load(pamh, &args) {
+                let command = what_is_authorised(pamh, &args, &service)
+                    .ok()
+                    .and_then(|(_, a)| a)
+                    .unwrap_or_default();
+                let line = Record {
+                    command,
+                    step: Some("account"),
+                    reason: Some(reason.clone()),
+                    ..base_record(&cfg, &service, "denied")
+                };
+                let _ = audit.append(&line);
+            }
+            ffi::syslog(
+                pamh,
+                libc::LOG_WARNING,
+                &format!("account refused: {reason}"),
+            );
+            PamResultCode::PAM_PERM_DENIED
+        }
+    }
+}
+
+/// Session phase: an audit line when this handle carries a verified grant.
+fn session(pamh: &mut PamHandle, raw: &[&CStr], event: &'static str) -> PamResultCode {
+    let args = match parse_args(pamh, raw) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let Some(state) = ffi::get_state(pamh) else {
+        return PamResultCode::PAM_IGNORE;
+    };
+    let (argv, target, grant_id) = (
+        state.argv.clone(),
+        state.target.clone(),
+        state.grant_id.clone(),
+    );
+    let service = service(pamh);
+    match load(pamh, &args) {
+        Ok((cfg, audit)) => {
+            let line = Record {
+                command: argv.unwrap_or_default(),
+                run_as: Some(target),
+                grant_id: Some(grant_id),
+                ..base_record(&cfg, &service, event)
+            };
+            match audit.append(&line) {
+                Ok(()) => PamResultCode::PAM_SUCCESS,
+                Err(e) => {
+                    ffi::syslog(pamh, libc::LOG_ERR, &e.reason);
+                    PamResultCode::PAM_SESSION_ERR
+                }
+            }
+        }
+        Err(code) => code,
+    }
+}
