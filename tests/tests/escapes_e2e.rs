@@ -1,0 +1,1243 @@
+//! End-to-end suite for `escapes`: a setuid-root copy of the built binary,
+//! run by a real non-root user (`openape-e2e`, with a supplementary group)
+//! against the in-process test IdP. Every refusal asserts the exit code,
+//! that the command did not run, and the audit line (`event`, `step`).
+//!
+//! Needs root (installs a setuid binary and creates a user); without root
+//! every test prints a skip notice and passes. Run after
+//! `cargo build --workspace`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openape_tests::harness::{
+    self, HOST, Output, Run, Sandbox, TestUser, exec_raw, groups_of, set_owner_mode, test_user,
+};
+use openape_tests::http_client;
+use openape_tests::idp::{Fault, GrantSpec, GrantType, Issued, TestIdp};
+use pam_openape::config::DEFAULT_SECURE_PATH;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------
+// Fixture
+// ---------------------------------------------------------------------------
+
+/// One test's world: its own IdP, its own sandbox (configured for that
+/// IdP), and the test user.
+struct T {
+    idp: TestIdp,
+    sb: Sandbox,
+    user: &'static TestUser,
+}
+
+/// `None` (after the skip notice) when not root.
+fn setup(name: &str) -> Option<T> {
+    if !harness::require_root() {
+        return None;
+    }
+    let user = test_user();
+    let idp = TestIdp::start();
+    let sb = Sandbox::new(name);
+    sb.write_config(&sb.config(&idp.issuer()).render());
+    Some(T { idp, sb, user })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+impl T {
+    /// A once-grant for `argv` on this host (all three bindings).
+    fn spec(&self, argv: &[String]) -> GrantSpec {
+        GrantSpec::new(HOST, &strs(argv))
+    }
+
+    fn issue(&self, argv: &[String]) -> Issued {
+        self.idp.issue(&self.spec(argv))
+    }
+
+    /// `escapes [opts] --grant-stdin -- argv` as the test user, the grant
+    /// on stdin.
+    fn run(&self, jwt: &str, opts: &[&str], argv: &[String]) -> Output {
+        let mut args: Vec<String> = opts.iter().map(|s| (*s).to_string()).collect();
+        args.push("--grant-stdin".into());
+        args.push("--".into());
+        args.extend(argv.iter().cloned());
+        self.sb.run_as_user(&args, &[], Some(jwt.as_bytes()))
+    }
+
+    /// Run a fresh grant for `true` so the JWKS cache is warm.
+    fn warm_cache(&self) {
+        let before = self.jwks_requests();
+        let argv = vec!["true".to_string()];
+        let g = self.issue(&argv);
+        let out = self.run(&g.jwt, &[], &argv);
+        assert_eq!(out.code, 0, "warming the cache: {out}");
+        assert_eq!(
+            self.jwks_requests(),
+            before + 1,
+            "one JWKS fetch to warm the cache"
+        );
+    }
+
+    fn jwks_requests(&self) -> usize {
+        self.idp.request_count("/.well-known/jwks.json")
+    }
+
+    fn consume_requests(&self) -> usize {
+        self.idp.request_count("/api/grants/")
+    }
+
+    /// Sign `claims` with the IdP's current key and default header.
+    fn sign(&self, claims: Value) -> String {
+        self.idp.sign(Value::Null, claims)
+    }
+
+    /// Grant claims for `argv`, issued now (not stored at the IdP).
+    fn claims(&self, argv: &[String]) -> Value {
+        self.idp.claims_for(&self.spec(argv), "e2e-forged", now())
+    }
+
+    /// Refused: exit `code`, the marker is absent, the last audit line is a
+    /// `denied` line for `step`.
+    fn assert_denied(&self, out: &Output, code: i32, step: &str, marker: &str) {
+        assert_eq!(out.code, code, "{out}");
+        assert!(
+            !self.sb.marker_exists(marker),
+            "the command ran although refused: {out}"
+        );
+        let last = self.sb.last_audit();
+        assert_eq!(last["event"], "denied", "{last}\n{out}");
+        assert_eq!(last["step"], step, "{last}\n{out}");
+        assert_eq!(last["via"], "escapes", "{last}");
+        assert_eq!(last["real_uid"], self.user.uid, "{last}");
+        assert!(
+            last["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "{last}"
+        );
+    }
+
+    /// Refused before anything could be logged or sent: exit `code`, no
+    /// audit line, no request to the IdP, marker absent.
+    fn assert_refused_early(&self, out: &Output, code: i32, marker: &str) {
+        assert_eq!(out.code, code, "{out}");
+        assert!(!self.sb.marker_exists(marker), "the command ran: {out}");
+        assert!(
+            self.idp.requests().is_empty(),
+            "IdP was contacted: {:?}",
+            self.idp.requests()
+        );
+    }
+
+    fn assert_not_consumed(&self, g: &Issued) {
+        assert_eq!(self.idp.consume_count(&g.grant_id), 0, "grant was consumed");
+        assert_eq!(
+            self.idp
+                .request_count(&format!("/api/grants/{}/consume", g.grant_id)),
+            0,
+            "a consume request was sent"
+        );
+    }
+}
+
+/// Flip one character in the middle of the signature segment.
+fn flip_signature(jwt: &str) -> String {
+    let (signed, sig) = jwt.rsplit_once('.').unwrap();
+    let mut b = sig.as_bytes().to_vec();
+    let i = b.len() / 2;
+    b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+    format!("{signed}.{}", String::from_utf8(b).unwrap())
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+    let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(msg)
+        .finalize();
+    Sha256::new()
+        .chain_update(&opad)
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+/// `KEY=value` lines of an `env` run.
+fn env_map(stdout: &str) -> BTreeMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn gid_set(s: &str) -> BTreeSet<u32> {
+    s.split_whitespace().map(|g| g.parse().unwrap()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. parse
+// ---------------------------------------------------------------------------
+
+#[test]
+fn parse_refuses_garbage_tokens() {
+    let Some(t) = setup("parse-garbage") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    for junk in [
+        "garbage",
+        "a.b.c",
+        "eyJhbGciOiJFZERTQSJ9.e30.",
+        "not base64.!!.??",
+    ] {
+        let out = t.run(junk, &[], &argv);
+        t.assert_denied(&out, 5, "parse", "m");
+    }
+    assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
+}
+
+#[test]
+fn parse_refuses_alg_none() {
+    let Some(t) = setup("parse-none") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let claims = t.claims(&argv);
+    let kid = t.idp.kid();
+    // Unsigned, as alg none is meant; and with a valid-looking signature.
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&json!({"alg":"none","typ":"JWT","kid":kid})),
+        b64(&claims)
+    );
+    let signed = t.idp.sign(json!({"alg": "none"}), claims);
+    for tok in [unsigned, signed] {
+        let out = t.run(&tok, &[], &argv);
+        t.assert_denied(&out, 5, "parse", "m");
+    }
+    assert!(t.idp.requests().is_empty());
+}
+
+#[test]
+fn parse_refuses_hs256_macd_with_the_public_key() {
+    let Some(t) = setup("parse-hs256") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let jwks: Value = serde_json::from_str(&t.idp.jwks_json()).unwrap();
+    let x = jwks["keys"][0]["x"].as_str().unwrap().to_string();
+    let raw_key = URL_SAFE_NO_PAD.decode(&x).unwrap();
+    let signing_input = format!(
+        "{}.{}",
+        b64(&json!({"alg":"HS256","typ":"JWT","kid":t.idp.kid()})),
+        b64(&t.claims(&argv))
+    );
+    for key in [
+        raw_key.as_slice(),
+        x.as_bytes(),
+        t.idp.jwks_json().as_bytes(),
+    ] {
+        let mac = hmac_sha256(key, signing_input.as_bytes());
+        let tok = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac));
+        let out = t.run(&tok, &[], &argv);
+        t.assert_denied(&out, 5, "parse", "m");
+    }
+    assert!(t.idp.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 2. issuer
+// ---------------------------------------------------------------------------
+
+#[test]
+fn issuer_not_allowed_is_refused_before_any_traffic() {
+    let Some(t) = setup("issuer") else { return };
+    let other = TestIdp::start();
+    let argv = t.sb.marker_cmd("m");
+    let g = other.issue(&GrantSpec::new(HOST, &strs(&argv)));
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "issuer", "m");
+    assert!(
+        other.requests().is_empty(),
+        "the unlisted issuer was contacted: {:?}",
+        other.requests()
+    );
+    assert!(t.idp.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 3. key
+// ---------------------------------------------------------------------------
+
+#[test]
+fn unknown_kid_with_a_warm_cache_is_refused_without_a_refetch() {
+    let Some(t) = setup("key-kid") else { return };
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.jwks_min_refresh = 3600;
+    t.sb.write_config(&cfg.render());
+    t.warm_cache();
+    let argv = t.sb.marker_cmd("m");
+    let tok = t
+        .idp
+        .sign(json!({"kid": "e2e-unknown-kid"}), t.claims(&argv));
+    let out = t.run(&tok, &[], &argv);
+    t.assert_denied(&out, 5, "key", "m");
+    assert_eq!(t.jwks_requests(), 1, "refetched within jwks_min_refresh");
+    assert_eq!(t.consume_requests(), 1, "only the warm-up consumed");
+}
+
+// ---------------------------------------------------------------------------
+// 4. signature
+// ---------------------------------------------------------------------------
+
+#[test]
+fn flipped_signature_character_is_refused() {
+    let Some(t) = setup("signature") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&flip_signature(&g.jwt), &[], &argv);
+    t.assert_denied(&out, 5, "signature", "m");
+    t.assert_not_consumed(&g);
+}
+
+// ---------------------------------------------------------------------------
+// 5. time
+// ---------------------------------------------------------------------------
+
+#[test]
+fn expired_grant_is_refused() {
+    let Some(t) = setup("time-exp") else { return };
+    let argv = t.sb.marker_cmd("m");
+    // A once grant issued 1000 s ago: exp = iat + 300, 700 s in the past.
+    let claims = t
+        .idp
+        .claims_for(&t.spec(&argv), "e2e-expired", now() - 1000);
+    assert!(claims["exp"].as_u64().unwrap() + 600 < now());
+    let out = t.run(&t.sign(claims), &[], &argv);
+    t.assert_denied(&out, 5, "time", "m");
+    assert_eq!(t.consume_requests(), 0);
+}
+
+#[test]
+fn grant_not_yet_valid_is_refused() {
+    let Some(t) = setup("time-nbf") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let mut claims = t.claims(&argv);
+    claims["nbf"] = json!(now() + 3600);
+    let out = t.run(&t.sign(claims), &[], &argv);
+    t.assert_denied(&out, 5, "time", "m");
+    assert_eq!(t.consume_requests(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 6. approver
+// ---------------------------------------------------------------------------
+
+#[test]
+fn approver_not_allowed_is_refused() {
+    let Some(t) = setup("approver-other") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = t.spec(&argv);
+    spec.decided_by = "mallory@example.com".into();
+    let g = t.idp.issue(&spec);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "approver", "m");
+    t.assert_not_consumed(&g);
+}
+
+#[test]
+fn grant_without_decided_by_is_refused() {
+    let Some(t) = setup("approver-missing") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let mut claims = t.claims(&argv);
+    claims.as_object_mut().unwrap().remove("decided_by");
+    let out = t.run(&t.sign(claims), &[], &argv);
+    t.assert_denied(&out, 5, "approver", "m");
+    assert_eq!(t.consume_requests(), 0);
+}
+
+#[test]
+fn self_approved_grant_is_refused() {
+    let Some(t) = setup("approver-self") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = t.spec(&argv);
+    spec.requester = harness::APPROVER.into();
+    let g = t.idp.issue(&spec);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "approver", "m");
+    t.assert_not_consumed(&g);
+}
+
+// ---------------------------------------------------------------------------
+// 7. audience
+// ---------------------------------------------------------------------------
+
+#[test]
+fn audience_apes_cli_is_refused() {
+    let Some(t) = setup("audience") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = t.spec(&argv);
+    spec.audience = "apes-cli".into();
+    let g = t.idp.issue(&spec);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "audience", "m");
+    t.assert_not_consumed(&g);
+}
+
+#[test]
+fn agent_login_token_is_refused() {
+    let Some(t) = setup("audience-login") else {
+        return;
+    };
+    let post = |path: &str, body: Value| -> Value {
+        let (status, text) = http_client::request(
+            t.idp.addr(),
+            "POST",
+            path,
+            &[],
+            Some(&body.to_string()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let id = "agent@example.com";
+    let ch = post("/api/auth/challenge", json!({"id": id}));
+    let login = post(
+        "/api/auth/authenticate",
+        json!({"id": id, "challenge": ch["challenge"], "signature": "c2ln"}),
+    );
+    let token = login["token"].as_str().unwrap().to_string();
+    let before = t.idp.requests().len();
+    let argv = t.sb.marker_cmd("m");
+    let out = t.run(&token, &[], &argv);
+    // Same key and kid as grants, but no grant_id/grant_type/target_host:
+    // it is not a grant, so it fails at parse (before the audience check).
+    t.assert_denied(&out, 5, "parse", "m");
+    assert_eq!(
+        t.idp.requests().len(),
+        before,
+        "IdP contacted for a login token"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. host
+// ---------------------------------------------------------------------------
+
+#[test]
+fn grant_for_another_host_is_refused() {
+    let Some(t) = setup("host") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.idp.issue(&GrantSpec::new("otherhost", &strs(&argv)));
+    // HOSTNAME from the caller changes nothing.
+    let out = t.sb.run_as_user(
+        &["--grant-stdin", "--", argv[0].as_str(), argv[1].as_str()],
+        &[("HOSTNAME", "otherhost")],
+        Some(g.jwt.as_bytes()),
+    );
+    t.assert_denied(&out, 5, "host", "m");
+    t.assert_not_consumed(&g);
+}
+
+// ---------------------------------------------------------------------------
+// 9. subject
+// ---------------------------------------------------------------------------
+
+#[test]
+fn subject_not_bound_to_the_caller_is_refused() {
+    let Some(t) = setup("subject") else { return };
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.tail = format!(
+        "[subjects]\n{} = [\"someone@else\"]\n",
+        harness::toml_str(harness::TEST_USER)
+    );
+    t.sb.write_config(&cfg.render());
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "subject", "m");
+    t.assert_not_consumed(&g);
+}
+
+// ---------------------------------------------------------------------------
+// 10. target user
+// ---------------------------------------------------------------------------
+
+#[test]
+fn run_as_nobody_grant_used_with_u_root_is_refused() {
+    let Some(t) = setup("target-user") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = t.spec(&argv);
+    spec.run_as = Some("nobody".into());
+    let g = t.idp.issue(&spec);
+    let out = t.run(&g.jwt, &["-u", "root"], &argv);
+    t.assert_denied(&out, 5, "target_user", "m");
+    t.assert_not_consumed(&g);
+}
+
+// ---------------------------------------------------------------------------
+// 11. command
+// ---------------------------------------------------------------------------
+
+#[test]
+fn extra_argument_is_refused() {
+    let Some(t) = setup("cmd-extra") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let mut more = argv.clone();
+    more.push(t.sb.marker_path("extra").to_string_lossy().into_owned());
+    let out = t.run(&g.jwt, &[], &more);
+    t.assert_denied(&out, 5, "command", "m");
+    assert!(!t.sb.marker_exists("extra"));
+    t.assert_not_consumed(&g);
+}
+
+#[test]
+fn reordered_arguments_are_refused() {
+    let Some(t) = setup("cmd-order") else { return };
+    let a = t.sb.marker_path("a").to_string_lossy().into_owned();
+    let b = t.sb.marker_path("b").to_string_lossy().into_owned();
+    let g = t.issue(&["touch".into(), a.clone(), b.clone()]);
+    let out = t.run(&g.jwt, &[], &["touch".into(), b, a]);
+    t.assert_denied(&out, 5, "command", "a");
+    assert!(!t.sb.marker_exists("b"));
+    t.assert_not_consumed(&g);
+}
+
+#[test]
+fn cmd_hash_only_grant_is_refused_for_an_argument_with_a_space() {
+    let Some(t) = setup("cmd-hash") else { return };
+    let cmd_hash_only = |argv: &[String]| {
+        let mut spec = t.spec(argv);
+        spec.with_command = false;
+        spec.with_argv_hash = false;
+        spec.with_cmd_hash = true;
+        t.idp.issue(&spec)
+    };
+    // Ambiguous under the space join: ["touch", "<m>-a b"] hashes like
+    // ["touch", "<m>-a", "b"].
+    let spaced = t.sb.marker_cmd("a b");
+    let g = cmd_hash_only(&spaced);
+    let out = t.run(&g.jwt, &[], &spaced);
+    t.assert_denied(&out, 5, "command", "a b");
+    t.assert_not_consumed(&g);
+
+    // Control: the same kind of grant for an unambiguous argv runs.
+    let plain = t.sb.marker_cmd("plain");
+    let g = cmd_hash_only(&plain);
+    let out = t.run(&g.jwt, &[], &plain);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("plain"));
+    assert_eq!(t.sb.last_audit()["event"], "grant_run");
+}
+
+// ---------------------------------------------------------------------------
+// 12. consume
+// ---------------------------------------------------------------------------
+
+#[test]
+fn once_grant_replay_is_refused() {
+    let Some(t) = setup("consume-replay") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("m"));
+    assert_eq!(t.sb.last_audit()["event"], "grant_run");
+    t.sb.remove_marker("m");
+
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "consume", "m");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 1);
+    assert_eq!(t.sb.audit_lines().len(), 2);
+}
+
+#[test]
+fn revoked_grant_is_refused() {
+    let Some(t) = setup("consume-revoked") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    t.idp.revoke(&g.grant_id);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "consume", "m");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0);
+}
+
+#[test]
+fn consume_answer_200_empty_object_is_refused() {
+    let Some(t) = setup("consume-empty") else {
+        return;
+    };
+    t.idp.set_fault_for("/api/grants/", Fault::EmptyObject);
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "consume", "m");
+    assert_eq!(
+        t.idp
+            .request_count(&format!("/api/grants/{}/consume", g.grant_id)),
+        1
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Positive runs
+// ---------------------------------------------------------------------------
+
+#[test]
+fn runs_as_root_with_exactly_roots_groups_and_logs_grant_run() {
+    let Some(t) = setup("success") else { return };
+    let root_groups = groups_of("root");
+    let argv_u: Vec<String> = vec!["id".into(), "-u".into()];
+    let g_u = t.issue(&argv_u);
+    let out = t.run(&g_u.jwt, &[], &argv_u);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.stdout, "0\n", "{out}");
+
+    let line = t.sb.last_audit();
+    assert_eq!(line["event"], "grant_run", "{line}");
+    assert_eq!(line["via"], "escapes");
+    assert_eq!(line["grant_id"], g_u.grant_id.as_str());
+    assert_eq!(line["grant_type"], "once");
+    assert_eq!(line["agent"], "agent@example.com");
+    assert_eq!(line["decided_by"], harness::APPROVER);
+    assert_eq!(line["issuer"], t.idp.issuer().as_str());
+    assert_eq!(line["audience"], "escapes");
+    assert_eq!(line["command"], json!(argv_u));
+    assert_eq!(line["run_as"], "root");
+    assert_eq!(line["user"], harness::TEST_USER);
+    assert_eq!(line["real_uid"], t.user.uid);
+    assert_eq!(line["host"], HOST);
+    assert_eq!(line["target_host"], HOST);
+    assert!(line["ts"].as_str().is_some_and(|ts| ts.ends_with('Z')));
+    assert_eq!(t.idp.consume_count(&g_u.grant_id), 1);
+
+    // No supplementary group of the caller survives: exactly root's groups.
+    let argv_g: Vec<String> = vec!["id".into(), "-G".into()];
+    let g_g = t.issue(&argv_g);
+    let out = t.run(&g_g.jwt, &[], &argv_g);
+    assert_eq!(out.code, 0, "{out}");
+    let got = gid_set(&out.stdout);
+    let want: BTreeSet<u32> = root_groups.iter().copied().collect();
+    assert_eq!(got, want, "{out}");
+    assert!(!got.contains(&t.user.extra_gid) && !got.contains(&t.user.gid));
+
+    // Real, effective, saved and filesystem ids all 0.
+    let argv_s: Vec<String> = vec!["cat".into(), "/proc/self/status".into()];
+    let g_s = t.issue(&argv_s);
+    let out = t.run(&g_s.jwt, &[], &argv_s);
+    assert_eq!(out.code, 0, "{out}");
+    let field = |name: &str| {
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Uid:"), "0 0 0 0", "{out}");
+    assert_eq!(field("Gid:"), "0 0 0 0", "{out}");
+    assert_eq!(gid_set(&field("Groups:")), want, "{out}");
+
+    // Never a token in the audit log.
+    let text = t.sb.audit_text();
+    for g in [&g_u, &g_g, &g_s] {
+        let parts: Vec<&str> = g.jwt.split('.').collect();
+        assert!(!text.contains(parts[2]), "signature in the audit log");
+        assert!(!text.contains(parts[1]), "payload in the audit log");
+    }
+    assert_eq!(t.sb.audit_lines().len(), 3);
+}
+
+#[test]
+fn run_as_nobody_from_the_grant_and_with_u_nobody() {
+    let Some(t) = setup("nobody") else { return };
+    let argv: Vec<String> = vec!["id".into(), "-u".into()];
+    for opts in [&[][..], &["-u", "nobody"][..]] {
+        let mut spec = t.spec(&argv);
+        spec.run_as = Some("nobody".into());
+        let g = t.idp.issue(&spec);
+        let out = t.run(&g.jwt, opts, &argv);
+        assert_eq!(out.code, 0, "{opts:?}: {out}");
+        assert_eq!(out.stdout, "65534\n", "{opts:?}: {out}");
+        let line = t.sb.last_audit();
+        assert_eq!(line["event"], "grant_run");
+        assert_eq!(line["run_as"], "nobody");
+    }
+}
+
+/// `env` as the bound command, the grant in `var`, a hostile caller
+/// environment around it.
+fn env_is_reset(var: &str) {
+    let Some(t) = setup(&format!("env-{}", var.to_lowercase())) else {
+        return;
+    };
+    let argv: Vec<String> = vec!["env".into()];
+    let g = t.issue(&argv);
+    let hostile = [
+        (var, g.jwt.as_str()),
+        ("LD_PRELOAD", "/nonexistent-openape-e2e.so"),
+        ("BASH_ENV", "/tmp/openape-e2e-bash-env"),
+        ("ENV", "/tmp/openape-e2e-env"),
+        ("IFS", "x"),
+        ("TZ", "../../../../etc/shadow"),
+        ("FOO_UNKNOWN", "1"),
+        ("PATH", "/evil:/usr/bin"),
+        ("SHELL", "/tmp/evil-shell"),
+        ("HOME", "/tmp/evil-home"),
+    ];
+    let out = t.sb.run_as_user(&["-n", "--", "env"], &hostile, None);
+    assert_eq!(out.code, 0, "{out}");
+    let env = env_map(&out.stdout);
+    for gone in [
+        "ESCAPES_GRANT",
+        "OPENAPE_GRANT",
+        "LD_PRELOAD",
+        "BASH_ENV",
+        "ENV",
+        "IFS",
+        "TZ",
+        "FOO_UNKNOWN",
+    ] {
+        assert!(!env.contains_key(gone), "{gone} reached the command: {out}");
+    }
+    assert!(
+        !out.stdout.contains(&g.jwt),
+        "the grant reached the command"
+    );
+    assert_eq!(
+        env.get("PATH").map(String::as_str),
+        Some(DEFAULT_SECURE_PATH)
+    );
+    assert_eq!(env.get("HOME").map(String::as_str), Some("/root"));
+    assert_eq!(env.get("USER").map(String::as_str), Some("root"));
+    assert_eq!(env.get("LOGNAME").map(String::as_str), Some("root"));
+    assert_ne!(
+        env.get("SHELL").map(String::as_str),
+        Some("/tmp/evil-shell")
+    );
+    assert_eq!(
+        env.get("SUDO_USER").map(String::as_str),
+        Some(harness::TEST_USER)
+    );
+    assert_eq!(env.get("SUDO_UID"), Some(&t.user.uid.to_string()));
+    assert_eq!(env.get("SUDO_COMMAND").map(String::as_str), Some("env"));
+    let line = t.sb.last_audit();
+    assert_eq!(line["event"], "grant_run");
+    assert_eq!(line["grant_id"], g.grant_id.as_str());
+}
+
+#[test]
+fn grant_from_escapes_grant_env_var_and_a_reset_environment() {
+    env_is_reset("ESCAPES_GRANT");
+}
+
+#[test]
+fn grant_from_openape_grant_env_var_and_a_reset_environment() {
+    env_is_reset("OPENAPE_GRANT");
+}
+
+#[test]
+fn caller_path_cannot_choose_the_program() {
+    let Some(t) = setup("path-hijack") else {
+        return;
+    };
+    let evil = t.sb.user_dir("evil");
+    let ran = evil.join("fake-id-ran");
+    let u = t.user;
+    let fake = format!("#!/bin/sh\n/usr/bin/touch {}\necho fake\n", ran.display());
+    t.sb.write_file("evil/id", fake.as_bytes(), u.uid, u.gid, 0o755);
+    let argv: Vec<String> = vec!["id".into(), "-u".into()];
+    let g = t.issue(&argv);
+    let path = format!("{}:/usr/bin:/bin", evil.display());
+    let out = t.sb.run_as_user(
+        &["--grant-stdin", "--", "id", "-u"],
+        &[("PATH", &path)],
+        Some(g.jwt.as_bytes()),
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.stdout, "0\n", "{out}");
+    assert!(!ran.exists(), "the caller's fake id ran");
+    assert_eq!(t.sb.last_audit()["event"], "grant_run");
+}
+
+#[test]
+fn grant_stdin_with_a_trailing_newline_works() {
+    let Some(t) = setup("stdin") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let mut args = vec!["--grant-stdin".to_string(), "--".into()];
+    args.extend(argv.iter().cloned());
+    let out =
+        t.sb.run_as_user(&args, &[], Some(format!("{}\n", g.jwt).as_bytes()));
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("m"));
+    assert_eq!(t.sb.last_audit()["event"], "grant_run");
+}
+
+#[test]
+fn grant_file_unreadable_looks_like_missing_and_is_read_with_callers_rights() {
+    let Some(t) = setup("grant-file") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let root_only = t.sb.write_file("grant-root", g.jwt.as_bytes(), 0, 0, 0o600);
+    let missing = t.sb.path("grant-missing");
+    let run = |file: &std::path::Path| {
+        let mut args = vec![
+            "--grant-file".to_string(),
+            file.to_string_lossy().into_owned(),
+            "--".into(),
+        ];
+        args.extend(argv.iter().cloned());
+        t.sb.run_as_user(&args, &[], None)
+    };
+    let unreadable = run(&root_only);
+    t.assert_denied(&unreadable, 1, "grant", "m");
+    let absent = run(&missing);
+    t.assert_denied(&absent, 1, "grant", "m");
+    assert_eq!(
+        unreadable.stderr, absent.stderr,
+        "an unreadable file must look like a missing one"
+    );
+    assert!(!unreadable.stderr.contains(&g.jwt[..20]));
+    assert!(t.idp.requests().is_empty());
+
+    // The same grant in a file the caller can read works.
+    let dir = t.sb.user_dir("mine");
+    let u = t.user;
+    t.sb.write_file("mine/grant", g.jwt.as_bytes(), u.uid, u.gid, 0o600);
+    let out = run(&dir.join("grant"));
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("m"));
+}
+
+#[test]
+fn timed_grant_works_twice_with_one_consume_each_and_a_warm_cache() {
+    let Some(t) = setup("timed") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = t.spec(&argv);
+    spec.grant_type = GrantType::Timed;
+    spec.duration_secs = Some(600);
+    let g = t.idp.issue(&spec);
+    let consume = format!("/api/grants/{}/consume", g.grant_id);
+
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("m"));
+    assert_eq!(t.idp.request_count(&consume), 1);
+    assert_eq!(t.jwks_requests(), 1);
+    assert_eq!(t.sb.last_audit()["grant_type"], "timed");
+    t.sb.remove_marker("m");
+
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("m"));
+    assert_eq!(t.idp.request_count(&consume), 2, "one consume per run");
+    assert_eq!(t.jwks_requests(), 1, "second run must use the cache");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 2);
+    let lines = t.sb.audit_lines();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|l| l["event"] == "grant_run"));
+}
+
+#[test]
+fn key_rotation_is_picked_up_with_one_refresh() {
+    let Some(t) = setup("rotation") else { return };
+    t.warm_cache();
+    let old_kid = t.idp.kid();
+    t.idp.rotate_key();
+    assert_ne!(t.idp.kid(), old_kid);
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("m"));
+    assert_eq!(t.jwks_requests(), 2, "exactly one refresh for the new kid");
+    assert_eq!(t.sb.last_audit()["event"], "grant_run");
+}
+
+// ---------------------------------------------------------------------------
+// Trust root
+// ---------------------------------------------------------------------------
+
+#[test]
+fn config_owned_by_the_caller_is_refused() {
+    let Some(t) = setup("trust-owner") else {
+        return;
+    };
+    let cfg = t.sb.config_path();
+    set_owner_mode(&cfg, t.user.uid, t.user.gid, 0o600);
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_refused_early(&out, 1, "m");
+    assert!(
+        out.stderr.contains(&cfg.to_string_lossy().into_owned()),
+        "message must name the file: {out}"
+    );
+    assert!(t.sb.audit_lines().is_empty());
+}
+
+#[test]
+fn config_in_a_caller_writable_directory_is_refused() {
+    let Some(t) = setup("trust-dir") else { return };
+    let text = t.sb.config(&t.idp.issuer()).render();
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    // A directory the caller owns, and a root-owned one writable by the
+    // caller's supplementary group; the file itself is root's, 0600.
+    let owned = t.sb.user_dir("userconf");
+    std::fs::create_dir(t.sb.path("groupconf")).unwrap();
+    let grouped = t.sb.path("groupconf");
+    set_owner_mode(&grouped, 0, t.user.extra_gid, 0o775);
+    for dir in [owned, grouped] {
+        let file = dir.join("config.toml");
+        std::fs::write(&file, &text).unwrap();
+        set_owner_mode(&file, 0, 0, 0o600);
+        let mut args = vec![
+            "--config".to_string(),
+            file.to_string_lossy().into_owned(),
+            "--grant-stdin".into(),
+            "--".into(),
+        ];
+        args.extend(argv.iter().cloned());
+        let out = t.sb.run_as_user(&args, &[], Some(g.jwt.as_bytes()));
+        t.assert_refused_early(&out, 1, "m");
+        assert!(
+            out.stderr.contains(&dir.to_string_lossy().into_owned()),
+            "message must name the directory: {out}"
+        );
+    }
+    assert!(t.sb.audit_lines().is_empty());
+}
+
+#[test]
+fn caller_supplied_config_with_their_own_idp_is_refused() {
+    let Some(t) = setup("trust-own-idp") else {
+        return;
+    };
+    // The old tool's hole: `--config` to a file the caller wrote, trusting
+    // the caller's own IdP and approver.
+    let evil = TestIdp::start();
+    let dir = std::path::PathBuf::from(format!(
+        "/tmp/openape-e2e-{}-{}",
+        std::process::id(),
+        evil.port()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let u = t.user;
+    set_owner_mode(&dir, u.uid, u.gid, 0o700);
+    let mut cfg = t.sb.config(&evil.issuer());
+    cfg.approvers = vec!["mallory@example.com".into()];
+    cfg.audit_log = dir.join("audit.log");
+    cfg.cache_dir = dir.join("cache");
+    let file = dir.join("config.toml");
+    std::fs::write(&file, cfg.render()).unwrap();
+    set_owner_mode(&file, u.uid, u.gid, 0o600);
+
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = GrantSpec::new(HOST, &strs(&argv));
+    spec.decided_by = "mallory@example.com".into();
+    let g = evil.issue(&spec);
+    let mut args = vec![
+        "--config".to_string(),
+        file.to_string_lossy().into_owned(),
+        "--grant-stdin".into(),
+        "--".into(),
+    ];
+    args.extend(argv.iter().cloned());
+    let out = t.sb.run_as_user(&args, &[], Some(g.jwt.as_bytes()));
+    t.assert_refused_early(&out, 1, "m");
+    assert!(out.stderr.contains("/tmp"), "{out}");
+    assert!(evil.requests().is_empty(), "{:?}", evil.requests());
+    assert!(!dir.join("audit.log").exists());
+
+    // Even root-owned and 0600, nothing below world-writable /tmp is trusted.
+    set_owner_mode(&dir, 0, 0, 0o755);
+    set_owner_mode(&file, 0, 0, 0o600);
+    let out = t.sb.run_as_user(&args, &[], Some(g.jwt.as_bytes()));
+    t.assert_refused_early(&out, 1, "m");
+    assert!(out.stderr.contains("/tmp"), "{out}");
+    assert!(evil.requests().is_empty());
+    assert_eq!(evil.consume_count(&g.grant_id), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Audit log
+// ---------------------------------------------------------------------------
+
+#[test]
+fn missing_audit_directory_runs_nothing_and_consumes_nothing() {
+    let Some(t) = setup("audit-missing") else {
+        return;
+    };
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.audit_log = t.sb.path("no-such-dir/audit.log");
+    t.sb.write_config(&cfg.render());
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_refused_early(&out, 1, "m");
+    assert!(out.stderr.contains("audit"), "{out}");
+    t.assert_not_consumed(&g);
+}
+
+#[test]
+fn symlinked_audit_log_runs_nothing_and_consumes_nothing() {
+    let Some(t) = setup("audit-symlink") else {
+        return;
+    };
+    let target = t.sb.path("log/elsewhere");
+    std::os::unix::fs::symlink(&target, t.sb.audit_path()).unwrap();
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_refused_early(&out, 1, "m");
+    assert!(out.stderr.contains("symbolic link"), "{out}");
+    assert!(!target.exists(), "the symlink was followed");
+    t.assert_not_consumed(&g);
+}
+
+// ---------------------------------------------------------------------------
+// IdP failures: fail closed
+// ---------------------------------------------------------------------------
+
+#[test]
+fn idp_down_fails_closed() {
+    let Some(t) = setup("idp-down") else { return };
+    let argv = t.sb.marker_cmd("m");
+
+    // Fresh cache, IdP closes every connection: the key cannot be fetched.
+    t.idp.set_fault(Fault::Down);
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 1, "key", "m");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0);
+
+    // Warm cache, consume endpoint down.
+    t.idp.clear_faults();
+    t.warm_cache();
+    t.idp.set_fault_for("/api/grants/", Fault::Down);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 1, "consume", "m");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0);
+
+    // An issuer on a closed port (nothing listens), fresh cache.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let issuer = format!("http://127.0.0.1:{closed}");
+    let sb2 = Sandbox::new("idp-closed");
+    sb2.write_config(&sb2.config(&issuer).render());
+    let marker_argv = sb2.marker_cmd("m");
+    let mut claims2 = t.idp.claims_for(
+        &GrantSpec::new(HOST, &strs(&marker_argv)),
+        "e2e-closed",
+        now(),
+    );
+    claims2["iss"] = json!(issuer);
+    let tok2 = t.sign(claims2);
+    let mut args = vec!["--grant-stdin".to_string(), "--".into()];
+    args.extend(marker_argv.iter().cloned());
+    let out = sb2.run_as_user(&args, &[], Some(tok2.as_bytes()));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(!sb2.marker_exists("m"));
+    let last = sb2.last_audit();
+    assert_eq!(last["event"], "denied");
+    assert_eq!(last["step"], "key");
+}
+
+#[test]
+fn idp_hang_fails_closed_within_the_http_timeout() {
+    let Some(t) = setup("idp-hang") else { return };
+    let bound = Duration::from_secs(3); // [http] timeout = 2, plus 1 s
+    let argv = t.sb.marker_cmd("m");
+
+    // JWKS hangs (fresh cache).
+    t.idp.set_fault(Fault::Hang);
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 1, "key", "m");
+    assert!(out.elapsed < bound, "took {:?}", out.elapsed);
+
+    // Consume hangs (warm cache).
+    t.idp.clear_faults();
+    t.warm_cache();
+    t.idp.set_fault_for("/api/grants/", Fault::Hang);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 1, "consume", "m");
+    assert!(out.elapsed < bound, "took {:?}", out.elapsed);
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Users, argv[0], refused options, program resolution
+// ---------------------------------------------------------------------------
+
+#[test]
+fn minus_one_uids_are_usage_errors() {
+    let Some(t) = setup("uid-minus-one") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    for spec in ["#-1", "#4294967295"] {
+        let out = t.run(&g.jwt, &["-u", spec], &argv);
+        t.assert_denied(&out, 2, "usage", "m");
+    }
+    t.assert_not_consumed(&g);
+    assert_eq!(t.jwks_requests(), 0);
+}
+
+#[test]
+fn unknown_user_is_exit_1() {
+    let Some(t) = setup("nosuchuser") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &["-u", "openape-no-such-user"], &argv);
+    t.assert_denied(&out, 1, "target_user", "m");
+    t.assert_not_consumed(&g);
+}
+
+#[test]
+fn empty_argv0_is_refused() {
+    let Some(t) = setup("argv0") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = Run::new(t.sb.escapes())
+        .arg0("")
+        .arg("--config")
+        .arg(t.sb.config_path())
+        .arg("--grant-stdin")
+        .arg("--")
+        .args(&argv)
+        .env("GCONV_PATH", ".")
+        .stdin(&g.jwt)
+        .cwd(t.sb.root())
+        .as_test_user()
+        .output();
+    t.assert_refused_early(&out, 2, "m");
+    assert!(out.stderr.contains("argv[0]"), "{out}");
+    assert!(t.sb.audit_lines().is_empty());
+}
+
+#[test]
+fn argc_zero_is_refused() {
+    let Some(t) = setup("argc0") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = exec_raw(
+        &t.sb.escapes(),
+        &[],
+        &[
+            ("GCONV_PATH", "."),
+            ("ESCAPES_GRANT", &g.jwt),
+            ("PATH", harness::SANE_PATH),
+        ],
+        true,
+        t.sb.root(),
+        harness::DEFAULT_TIMEOUT,
+    );
+    t.assert_refused_early(&out, 2, "m");
+    assert!(
+        out.stderr.contains("argv[0]") || out.stderr.contains("argument vector"),
+        "{out}"
+    );
+    assert!(t.sb.audit_lines().is_empty());
+}
+
+#[test]
+fn refused_sudo_options_run_and_consume_nothing() {
+    let Some(t) = setup("sudo-opts") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let other = t.idp.issue(&GrantSpec::new("otherhost", &strs(&argv)));
+    let cases: [(&[&str], &Issued); 4] = [
+        (&["-s"], &g),
+        (&["-i"], &g),
+        (&["-R", "/"], &g),
+        (&["-h", "otherhost"], &other),
+    ];
+    for (opts, grant) in cases {
+        let mut args: Vec<String> = opts.iter().map(|s| (*s).to_string()).collect();
+        args.push("--grant-stdin".into());
+        args.extend(argv.iter().cloned());
+        let out = t.sb.run_as_user(&args, &[], Some(grant.jwt.as_bytes()));
+        assert_eq!(out.code, 2, "{opts:?}: {out}");
+        assert!(!t.sb.marker_exists("m"), "{opts:?} ran the command");
+    }
+    assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
+    t.assert_not_consumed(&g);
+    t.assert_not_consumed(&other);
+}
+
+#[test]
+fn relative_program_with_a_slash_is_a_usage_error() {
+    let Some(t) = setup("relative") else { return };
+    let argv: Vec<String> = vec!["./x".into()];
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 2, "usage", "m");
+    t.assert_not_consumed(&g);
+}
+
+#[test]
+fn program_not_on_secure_path_is_127_and_not_consumed() {
+    let Some(t) = setup("not-found") else { return };
+    let argv: Vec<String> = vec!["openape-e2e-no-such-program".into()];
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 127, "exec", "m");
+    t.assert_not_consumed(&g);
+}
