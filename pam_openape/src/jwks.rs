@@ -163,7 +163,8 @@ impl<'a> KeyCache<'a> {
     }
 
     fn load(&self, issuer: &str) -> Option<CacheFile> {
-        let file = trust::open_trusted(&self.path(issuer), self.cfg.trusted_owner).ok()?;
+        // `key` checked the directory chain just before.
+        let file = trust::open_in_trusted_dir(&self.path(issuer), self.cfg.trusted_owner).ok()?;
         let mut buf = Vec::new();
         file.take(trust::MAX_TRUSTED_FILE)
             .read_to_end(&mut buf)

@@ -15,14 +15,14 @@ use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -79,14 +79,44 @@ pub fn target_profile_dir() -> PathBuf {
 
 /// A workspace artefact next to the test binaries (`escapes`,
 /// `libpam_openape.so`, ...). Panics with a hint when it was not built.
+/// A concurrent `cargo build` relinks artefacts (remove, then link), so a
+/// missing file is waited for a few seconds once per process.
 pub fn artefact(name: &str) -> PathBuf {
+    static GAVE_UP: AtomicBool = AtomicBool::new(false);
     let p = target_profile_dir().join(name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p.is_file() && !GAVE_UP.load(Ordering::SeqCst) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+    }
+    if !p.is_file() {
+        GAVE_UP.store(true, Ordering::SeqCst);
+    }
     assert!(
         p.is_file(),
         "{} not found: run `cargo build --workspace` first (the e2e tests use the built binaries)",
         p.display()
     );
     p
+}
+
+/// Copy `src` to `dst` and make sure the copy is whole: a concurrent
+/// `cargo build` may be rewriting `src`, so retry until its size and
+/// mtime are the same before and after the copy.
+pub fn copy_stable(src: &Path, dst: &Path) {
+    let stamp = |p: &Path| fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    let mut last_err = String::new();
+    for _ in 0..40 {
+        let before = stamp(src);
+        match fs::copy(src, dst) {
+            Ok(n) if before.is_some() && stamp(src) == before && before.map(|b| b.0) == Some(n) => {
+                return;
+            }
+            Ok(_) => last_err = "source changed during the copy".into(),
+            Err(e) => last_err = e.to_string(),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    panic!("copy {} -> {}: {last_err}", src.display(), dst.display());
 }
 
 /// The built `escapes` binary.
@@ -256,6 +286,8 @@ pub struct Run {
     as_user: bool,
     cwd: Option<PathBuf>,
     timeout: Duration,
+    /// Descriptors handed to the program: (our copy, its number there).
+    fds: Vec<(Arc<OwnedFd>, i32)>,
 }
 
 impl Run {
@@ -269,7 +301,16 @@ impl Run {
             as_user: false,
             cwd: None,
             timeout: DEFAULT_TIMEOUT,
+            fds: Vec::new(),
         }
+    }
+
+    /// Hand `fd` to the program as descriptor number `target` (> 2),
+    /// without close-on-exec: what a caller leaking a descriptor does.
+    pub fn pass_fd(mut self, fd: OwnedFd, target: i32) -> Run {
+        assert!(target > 2, "use stdin() for 0..=2");
+        self.fds.push((Arc::new(fd), target));
+        self
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Run {
@@ -372,6 +413,26 @@ impl Run {
                 unsafe {
                     cmd.pre_exec(move || drop_to(&groups, u.gid, u.uid));
                 }
+            }
+        }
+        if !self.fds.is_empty() {
+            let pairs: Vec<(i32, i32)> = self
+                .fds
+                .iter()
+                .map(|(fd, target)| (fd.as_raw_fd(), *target))
+                .collect();
+            // SAFETY: runs in the forked child before exec; dup2 is
+            // async-signal-safe and the descriptors stay open in the parent
+            // (held by `self.fds`) until after spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &(src, dst) in &pairs {
+                        if libc::dup2(src, dst) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
             }
         }
         cmd.args(&self.args)
@@ -527,13 +588,12 @@ pub fn exec_raw(
             if libc::chdir(c_cwd.as_ptr()) != 0 {
                 libc::_exit(120);
             }
-            if let Some((groups, gid, uid)) = &ids {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            if let Some((groups, gid, uid)) = &ids
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setresgid(*gid, *gid, *gid) != 0
-                    || libc::setresuid(*uid, *uid, *uid) != 0
-                {
-                    libc::_exit(121);
-                }
+                    || libc::setresuid(*uid, *uid, *uid) != 0)
+            {
+                libc::_exit(121);
             }
             libc::execve(c_path.as_ptr(), p_argv.as_ptr(), p_env.as_ptr());
             libc::_exit(122);
@@ -708,7 +768,7 @@ impl Sandbox {
     /// Copy `src` to `rel`, owner root, mode 4755.
     pub fn install_setuid(&self, src: &Path, rel: &str) -> PathBuf {
         let dst = self.path(rel);
-        fs::copy(src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        copy_stable(src, &dst);
         set_owner_mode(&dst, 0, 0, 0o4755);
         dst
     }

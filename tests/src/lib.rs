@@ -5,3 +5,4 @@
 pub mod harness;
 pub mod http_client;
 pub mod idp;
+pub mod sudo_ns;

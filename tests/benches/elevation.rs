@@ -1,0 +1,237 @@
+//! Benchmark (b): whole processes, run by a real non-root user, measured
+//! interleaved in the same run so machine noise hits every variant alike:
+//!
+//! * `/bin/true`, `escapes --grant-file G -- true` (timed grant, loopback
+//!   test IdP, warm JWKS cache) and `sudo -n true` (NOPASSWD rule);
+//! * `sudo id -u` with a grant through pam_openape.so and `sudo -n id -u`
+//!   with a NOPASSWD rule.
+//!
+//! Also counts the IdP requests per escapes run (target: exactly one, the
+//! consume). sudoers and /etc/pam.d/sudo are replaced only inside a private
+//! mount namespace of this process. Needs root; run with `make bench`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use openape_tests::harness::{HOST, Sandbox, artefact, require_root, test_user};
+use openape_tests::idp::{GrantSpec, GrantType, TestIdp};
+
+const RUNS: usize = 40;
+const GRANT_USER: &str = "openape-bench";
+
+/// Enter a private mount namespace and bind `src` over `dst` there.
+fn private_mounts(binds: &[(&Path, &str)]) {
+    // SAFETY: unshare/mount take plain flags and NUL-terminated strings; this
+    // benchmark is single-threaded at this point apart from the IdP, which
+    // does not depend on the mount table.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS)");
+        let none = c"none";
+        let root = c"/";
+        assert_eq!(
+            libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null()
+            ),
+            0,
+            "make / private"
+        );
+        for (src, dst) in binds {
+            let s = std::ffi::CString::new(src.to_string_lossy().as_bytes()).unwrap();
+            let d = std::ffi::CString::new(*dst).unwrap();
+            assert_eq!(
+                libc::mount(
+                    s.as_ptr(),
+                    d.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null()
+                ),
+                0,
+                "bind {} over {dst}",
+                src.display()
+            );
+        }
+    }
+}
+
+fn as_user(user: &str, env: &[(&str, &str)], argv: &[&str]) -> Command {
+    let mut c = Command::new("/usr/bin/setpriv");
+    c.args(["--reuid", user, "--regid", user, "--init-groups", "--"])
+        .args(argv)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn time(mut c: Command) -> f64 {
+    let start = Instant::now();
+    let out = c.output().expect("spawn");
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ms
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    if !require_root() {
+        return;
+    }
+    let tu = test_user();
+    if Command::new("/usr/bin/id")
+        .arg(GRANT_USER)
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        let _ = Command::new("/usr/sbin/useradd")
+            .args(["-M", "-s", "/bin/sh", "-U", GRANT_USER])
+            .status();
+    }
+    let sb = Sandbox::new("bench");
+    let idp = TestIdp::start();
+    sb.write_config(&sb.config(&idp.issuer()).render());
+    let so = std::fs::read(artefact("libpam_openape.so")).unwrap();
+    let module = sb.write_file("pam_openape.so", &so, 0, 0, 0o644);
+    let stack = format!(
+        "auth required {m} config={c} nonint\naccount required pam_permit.so\nsession required pam_permit.so\n",
+        m = module.display(),
+        c = sb.config_path().display()
+    );
+    let pamd = sb.write_file("pam.d-sudo", stack.as_bytes(), 0, 0, 0o644);
+    let sudoers = format!(
+        "Defaults !lecture, timestamp_timeout=0, secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n{u} ALL=(ALL:ALL) NOPASSWD: ALL\n{g} ALL=(ALL:ALL) ALL\n",
+        u = tu.name,
+        g = GRANT_USER
+    );
+    let sudoers = sb.write_file("sudoers", sudoers.as_bytes(), 0, 0, 0o440);
+    let empty = sb.path("empty.d");
+    std::fs::create_dir_all(&empty).unwrap();
+    let ts = sb.path("run-sudo");
+    std::fs::create_dir_all(&ts).unwrap();
+    private_mounts(&[
+        (&sudoers, "/etc/sudoers"),
+        (&empty, "/etc/sudoers.d"),
+        (&pamd, "/etc/pam.d/sudo"),
+        (&ts, "/run/sudo"),
+    ]);
+
+    // Grants: a timed one for `true` (escapes) and one for `id -u` (sudo).
+    let timed = |cmd: &[&str]| {
+        let mut s = GrantSpec::new(HOST, cmd);
+        s.grant_type = GrantType::Timed;
+        s.duration_secs = Some(3600);
+        idp.issue(&s).jwt
+    };
+    let g_true = timed(&["true"]);
+    let gfile = sb.write_file("grant-true", g_true.as_bytes(), tu.uid, tu.gid, 0o600);
+    let g_id = timed(&["id", "-u"]);
+    let esc = sb.escapes();
+    let escapes = || {
+        as_user(
+            &tu.name,
+            &[],
+            &[
+                &esc.to_string_lossy(),
+                "--config",
+                &sb.config_path().to_string_lossy(),
+                "--grant-file",
+                &gfile.to_string_lossy(),
+                "--",
+                "true",
+            ],
+        )
+    };
+    // Warm-up (fills the JWKS cache, pages in the binaries).
+    for _ in 0..3 {
+        time(escapes());
+        time(as_user(&tu.name, &[], &["sudo", "-n", "true"]));
+        time(as_user(
+            GRANT_USER,
+            &[("OPENAPE_GRANT", &g_id)],
+            &["sudo", "id", "-u"],
+        ));
+    }
+
+    let before = idp.requests().len();
+    let (mut t_true, mut t_esc, mut t_sudo, mut t_pam, mut t_nopw) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..RUNS {
+        t_true.push(time(as_user(&tu.name, &[], &["/bin/true"])));
+        let r0 = idp.requests().len();
+        t_esc.push(time(escapes()));
+        let per_run = idp.requests().len() - r0;
+        assert_eq!(
+            per_run,
+            1,
+            "escapes made {per_run} IdP requests in one run: {:?}",
+            idp.requests()
+        );
+        t_sudo.push(time(as_user(&tu.name, &[], &["sudo", "-n", "true"])));
+        t_pam.push(time(as_user(
+            GRANT_USER,
+            &[("OPENAPE_GRANT", &g_id)],
+            &["sudo", "id", "-u"],
+        )));
+        t_nopw.push(time(as_user(&tu.name, &[], &["sudo", "-n", "id", "-u"])));
+    }
+    let requests = idp.requests();
+    let escapes_requests = requests[before..]
+        .iter()
+        .filter(|(_, p)| p.ends_with("/consume"))
+        .count();
+    let jwks = requests[before..]
+        .iter()
+        .filter(|(_, p)| p.contains("jwks"))
+        .count();
+
+    let (tt, te, ts_, tp, tn) = (
+        median(&mut t_true),
+        median(&mut t_esc),
+        median(&mut t_sudo),
+        median(&mut t_pam),
+        median(&mut t_nopw),
+    );
+    println!(
+        "whole process, median of {RUNS} interleaved runs as a non-root user (each through setpriv):"
+    );
+    println!("  /bin/true                      {tt:7.3} ms");
+    println!(
+        "  escapes (timed grant) -- true  {te:7.3} ms   adds {:.3} ms over /bin/true (target <= 0.8 ms)",
+        te - tt
+    );
+    println!(
+        "  sudo -n true (NOPASSWD)        {ts_:7.3} ms   adds {:.3} ms over /bin/true",
+        ts_ - tt
+    );
+    println!(
+        "  ratio escapes/sudo of the added time: {:.2}  (escapes/sudo wall: {:.2})",
+        (te - tt) / (ts_ - tt),
+        te / ts_
+    );
+    println!(
+        "  IdP requests in the measured runs: {} consume + {jwks} JWKS for {} escapes + {} grant sudo runs",
+        escapes_requests, RUNS, RUNS
+    );
+    println!(
+        "  sudo id -u with a grant (PAM)  {tp:7.3} ms   adds {:.3} ms over sudo -n id -u NOPASSWD {tn:.3} ms (target <= 3 ms)",
+        tp - tn
+    );
+}

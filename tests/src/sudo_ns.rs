@@ -1,0 +1,288 @@
+//! Real `sudo` and `su` against `pam_openape.so`, without touching the
+//! machine's `/etc`.
+//!
+//! Each scenario runs as
+//!
+//! ```text
+//! unshare --mount --propagation private -- /bin/sh -c '
+//!     mount --bind <sandbox>/etc/pam.d      /etc/pam.d
+//!     mount --bind <sandbox>/etc/sudoers    /etc/sudoers
+//!     mount --bind <sandbox>/etc/sudoers.d  /etc/sudoers.d
+//!     mount --bind <sandbox>/run-sudo       /run/sudo
+//!     exec setpriv --reuid=openape-e2e --regid=openape-e2e --init-groups \
+//!          --reset-env -- env K=V... "$@"' sh <argv...>
+//! ```
+//!
+//! so the replaced PAM stacks, sudoers and sudo's timestamp directory exist
+//! only inside that private mount namespace and vanish with it. The whole
+//! `/etc/pam.d` directory is replaced by the sandbox's, which holds only the
+//! services a test wrote plus an `other` that denies everything: no stack
+//! of the machine (`common-auth`, ...) can take part, and a service the test
+//! did not think of fails closed.
+//!
+//! sudo-rs is not installable on the CI image (no package), so only the
+//! original sudo (1.9.x) and util-linux `su` are exercised here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{self, Output, Run, Sandbox, TEST_ROOT, TEST_USER, set_owner_mode};
+
+/// Printed (once per test) when the suite is not run as root.
+pub const SKIP: &str = "skipped: needs root (mount namespace, setuid sudo); CI runs as root";
+
+/// Hard limit for one scenario (the namespace, sudo/su and the command).
+pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The files of the machine that must never change.
+const GUARDED: [&str; 4] = [
+    "/etc/pam.d/sudo",
+    "/etc/pam.d/su",
+    "/etc/sudoers",
+    "/etc/pam.d",
+];
+
+/// The one place that decides whether a test of this suite runs.
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        true
+    } else {
+        eprintln!("{SKIP}");
+        false
+    }
+}
+
+/// A snapshot of the machine's PAM and sudoers files, compared at the end
+/// of a test: the scenarios must not leak a mount or a write.
+pub struct EtcGuard {
+    before: Vec<(String, Option<Vec<u8>>)>,
+    mountinfo_before: String,
+}
+
+fn snapshot(path: &str) -> Option<Vec<u8>> {
+    let p = Path::new(path);
+    if p.is_dir() {
+        let mut names: Vec<String> = fs::read_dir(p)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Some(names.join("\n").into_bytes())
+    } else {
+        fs::read(p).ok()
+    }
+}
+
+fn own_mounts() -> String {
+    fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+}
+
+impl EtcGuard {
+    pub fn new() -> EtcGuard {
+        EtcGuard {
+            before: GUARDED
+                .iter()
+                .map(|p| ((*p).to_string(), snapshot(p)))
+                .collect(),
+            mountinfo_before: own_mounts(),
+        }
+    }
+
+    /// Panics when a guarded file changed or a sandbox mount is visible in
+    /// the test process's own mount namespace.
+    pub fn check(&self) {
+        for (path, before) in &self.before {
+            assert_eq!(
+                &snapshot(path),
+                before,
+                "{path} changed during the test: the namespace leaked"
+            );
+        }
+        let now = own_mounts();
+        for line in now.lines() {
+            assert!(
+                !line.contains(TEST_ROOT) || self.mountinfo_before.contains(line),
+                "a sandbox mount leaked into the test's namespace: {line}"
+            );
+        }
+    }
+}
+
+impl Default for EtcGuard {
+    fn default() -> Self {
+        EtcGuard::new()
+    }
+}
+
+/// A sandbox for the PAM scenarios: the harness [`Sandbox`] (config,
+/// audit log, cache) plus a copy of the module, a private `/etc/pam.d`,
+/// sudoers, an empty `sudoers.d`, sudo's timestamp directory and a
+/// directory the test user can write to.
+///
+/// ```text
+/// <root>/lib/pam_openape.so   0644 root
+/// <root>/etc/config.toml      0600 root
+/// <root>/etc/pam.d/           0755 root  (other + whatever the test writes)
+/// <root>/etc/sudoers          0440 root
+/// <root>/etc/sudoers.d/       0755 root  (empty)
+/// <root>/run-sudo/            0711 root  (mounted on /run/sudo)
+/// <root>/out/                 0755 openape-e2e  (markers)
+/// <root>/log/ <root>/cache/   0700 root
+/// ```
+pub struct PamSandbox {
+    pub sb: Sandbox,
+    guard: EtcGuard,
+}
+
+/// `/etc/pam.d/other` of the sandbox: everything the test did not configure
+/// is refused.
+const PAM_OTHER: &str = "\
+auth     required pam_deny.so
+account  required pam_deny.so
+password required pam_deny.so
+session  required pam_deny.so
+";
+
+impl PamSandbox {
+    /// A fresh sandbox trusting `issuer` (`host = "testhost"`, approver
+    /// `alice@example.com`, `[http] timeout = 2`, an empty JWKS cache).
+    pub fn new(name: &str, issuer: &str) -> PamSandbox {
+        let guard = EtcGuard::new();
+        harness::test_user();
+        let sb = Sandbox::new(name);
+        for (dir, mode) in [
+            ("lib", 0o755),
+            ("etc/pam.d", 0o755),
+            ("etc/sudoers.d", 0o755),
+            ("run-sudo", 0o711),
+        ] {
+            let p = sb.path(dir);
+            fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+            set_owner_mode(&p, 0, 0, mode);
+        }
+        sb.user_dir("out");
+        let so = harness::artefact("libpam_openape.so");
+        let dst = sb.path("lib/pam_openape.so");
+        fs::copy(&so, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", so.display()));
+        set_owner_mode(&dst, 0, 0, 0o644);
+        sb.write_config(&sb.config(issuer).render());
+        let ps = PamSandbox { sb, guard };
+        ps.write_pam("other", PAM_OTHER);
+        ps
+    }
+
+    pub fn module(&self) -> PathBuf {
+        self.sb.path("lib/pam_openape.so")
+    }
+
+    /// Fill a stack template: `@SO@` (the module copy), `@CFG@` (the
+    /// config file), `@ROOT@` (the sandbox root).
+    pub fn render(&self, template: &str) -> String {
+        template
+            .replace("@SO@", &self.module().to_string_lossy())
+            .replace("@CFG@", &self.sb.config_path().to_string_lossy())
+            .replace("@ROOT@", &self.sb.root().to_string_lossy())
+    }
+
+    /// Write `/etc/pam.d/<service>` of the namespace from a template.
+    pub fn write_pam(&self, service: &str, template: &str) {
+        let text = self.render(template);
+        self.sb.write_file(
+            &format!("etc/pam.d/{service}"),
+            text.as_bytes(),
+            0,
+            0,
+            0o644,
+        );
+    }
+
+    /// Write `/etc/sudoers` of the namespace (root, 0440).
+    pub fn write_sudoers(&self, text: &str) {
+        self.sb
+            .write_file("etc/sudoers", self.render(text).as_bytes(), 0, 0, 0o440);
+    }
+
+    /// A file the test user can create (`<root>/out/<name>`).
+    pub fn out_path(&self, name: &str) -> PathBuf {
+        self.sb.path("out").join(name)
+    }
+
+    /// Run `argv` as the test user inside a private mount namespace where
+    /// the sandbox's PAM stacks, sudoers and timestamp directory are
+    /// mounted over the machine's. The environment is `setpriv
+    /// --reset-env`'s (TERM, HOME, SHELL, USER, LOGNAME, PATH) plus `env`.
+    /// stdin is `/dev/null` unless `stdin` is given.
+    pub fn run(&self, argv: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+        assert!(
+            Path::new("/run/sudo").is_dir(),
+            "/run/sudo does not exist: sudo's timestamp directory is needed as a mount point"
+        );
+        assert!(
+            self.sb.path("etc/sudoers").is_file(),
+            "write_sudoers() first"
+        );
+        let q = |p: PathBuf| shell_quote(&p.to_string_lossy());
+        let script = format!(
+            "set -e\n\
+             mount --bind {pamd} /etc/pam.d\n\
+             mount --bind {sudoers} /etc/sudoers\n\
+             mount --bind {sudoersd} /etc/sudoers.d\n\
+             mount --bind {run} /run/sudo\n\
+             exec /usr/bin/setpriv --reuid={u} --regid={u} --init-groups --reset-env -- /usr/bin/env \"$@\"\n",
+            pamd = q(self.sb.path("etc/pam.d")),
+            sudoers = q(self.sb.path("etc/sudoers")),
+            sudoersd = q(self.sb.path("etc/sudoers.d")),
+            run = q(self.sb.path("run-sudo")),
+            u = TEST_USER,
+        );
+        let mut r = Run::new("/usr/bin/unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(script)
+            .arg("sh");
+        for (k, v) in env {
+            assert!(!k.contains('='), "bad variable name {k}");
+            r = r.arg(format!("{k}={v}"));
+        }
+        // `env` would take a first word containing '=' as an assignment.
+        if argv.first().is_some_and(|a| a.contains('=')) {
+            r = r.arg("--");
+        }
+        r = r.args(argv).cwd(self.sb.root()).timeout(SCENARIO_TIMEOUT);
+        if let Some(s) = stdin {
+            r = r.stdin(s);
+        }
+        let out = r.output();
+        self.guard.check();
+        out
+    }
+
+    /// A shell script run by `/bin/sh -c` as the test user (one parent for
+    /// every sudo in it: sudo's timestamp without a tty is keyed to the
+    /// parent process). Extra `args` are `$1`, `$2`, ...
+    pub fn run_script(&self, script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut argv = vec!["/bin/sh", "-c", script, "sh"];
+        argv.extend_from_slice(args);
+        self.run(&argv, env, None)
+    }
+
+    pub fn audit(&self) -> Vec<Value> {
+        self.sb.audit_lines()
+    }
+
+    /// The last audit line; panics when there is none.
+    pub fn last_audit(&self) -> Value {
+        self.sb.last_audit()
+    }
+}
+
+/// Single-quote for /bin/sh.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}

@@ -1,0 +1,674 @@
+//! pam_openape.so under the real sudo (1.9.x) and util-linux su, as the
+//! non-root test user, in a private mount namespace per scenario (see
+//! `openape_tests::sudo_ns`): the machine's /etc/pam.d, /etc/sudoers and
+//! /run/sudo are never modified.
+//!
+//! sudo-rs is not installable on the CI image, so its variants of these
+//! scenarios (same PAM service names, same timestamp default) are not run
+//! here.
+//!
+//! Every test needs root; without it each prints the skip notice and
+//! passes. Run: `cargo build --workspace && cargo test -p openape-tests
+//! --test pam_sudo_su -- --test-threads=2`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use openape_tests::harness::{Output, TEST_USER};
+use openape_tests::idp::{Fault, GrantSpec, TestIdp};
+use openape_tests::sudo_ns::{PamSandbox, require_root};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------
+// The stacks, as the project's sample files would ship them. `@SO@` is the
+// module, `@CFG@` the config, `@ROOT@` the sandbox.
+// ---------------------------------------------------------------------------
+
+/// pam.d/sudo, grant or password: a good grant is enough; without a grant
+/// (PAM_IGNORE) and with a bad one (PAM_AUTH_ERR, ignored by `sufficient`)
+/// the next line decides. pam_exec stands in for the password module and
+/// leaves a marker, so a test can see that the fall-through happened.
+const SUDO_GRANT_OR_PASSWORD: &str = "\
+#%PAM-1.0
+auth     sufficient @SO@ config=@CFG@ nonint
+auth     required   pam_exec.so quiet /usr/bin/touch @ROOT@/out/fallthrough-marker
+account  required   pam_permit.so
+session  required   pam_permit.so
+";
+
+/// As above, but the password stand-in always fails: only a grant passes.
+const SUDO_GRANT_OR_DENY: &str = "\
+#%PAM-1.0
+auth     sufficient @SO@ config=@CFG@ nonint
+auth     required   pam_deny.so
+account  required   pam_permit.so
+session  required   pam_permit.so
+";
+
+/// The conversation variant: no `nonint`, the grant is asked for through
+/// the PAM conversation (`sudo -S` reads the answer from stdin).
+const SUDO_GRANT_PROMPT: &str = "\
+#%PAM-1.0
+auth     sufficient @SO@ config=@CFG@
+auth     required   pam_deny.so
+account  required   pam_permit.so
+session  required   pam_permit.so
+";
+
+/// pam.d/sudo, grant only: `grant_only` in the account phase refuses every
+/// handle that did not verify a grant for this very argv (closes sudo's
+/// timestamp and NOPASSWD shortcuts).
+const SUDO_GRANT_ONLY: &str = "\
+#%PAM-1.0
+auth     required   @SO@ config=@CFG@ nonint
+account  required   @SO@ config=@CFG@ grant_only
+session  required   pam_permit.so
+";
+
+/// pam.d/su: a grant for the `-c` string (one argv element) is enough.
+const SU_GRANT: &str = "\
+#%PAM-1.0
+auth     sufficient @SO@ config=@CFG@ nonint
+auth     required   pam_deny.so
+account  required   pam_permit.so
+session  required   pam_permit.so
+";
+
+/// sudoers of the scenarios. `env_keep += OPENAPE_GRANT` is required for
+/// the environment route (see `env_grant_reaches_the_module_without_env_keep`):
+/// at PAM time sudo's exported getenv() answers from the sudoers plugin's
+/// already reset environment, not from the caller's.
+fn sudoers(timestamp_zero: bool, env_keep: bool) -> String {
+    let mut s = String::from(
+        "Defaults !lecture\n\
+         Defaults secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n",
+    );
+    if timestamp_zero {
+        s.push_str("Defaults timestamp_timeout=0\n");
+    }
+    if env_keep {
+        s.push_str("Defaults env_keep += \"OPENAPE_GRANT\"\n");
+    }
+    s.push_str(&format!(
+        "{TEST_USER} ALL=(ALL:ALL) ALL\n\
+         {TEST_USER} ALL=(ALL:ALL) NOPASSWD: /usr/bin/true\n"
+    ));
+    s
+}
+
+/// The shipped configuration: timestamp_timeout=0 and the grant kept.
+fn shipped_sudoers() -> String {
+    sudoers(true, true)
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn setup(name: &str, idp: &TestIdp, service: &str, stack: &str) -> PamSandbox {
+    let ps = PamSandbox::new(name, &idp.issuer());
+    ps.write_pam(service, stack);
+    ps.write_sudoers(&shipped_sudoers());
+    ps
+}
+
+fn grant(idp: &TestIdp, argv: &[&str]) -> openape_tests::idp::Issued {
+    idp.issue(&GrantSpec::new("testhost", argv))
+}
+
+fn with_grant(jwt: &str) -> [(&str, &str); 1] {
+    [("OPENAPE_GRANT", jwt)]
+}
+
+fn assert_ran(out: &Output, stdout: &str) {
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(out.stdout, stdout, "{out}");
+}
+
+fn assert_refused(out: &Output) {
+    assert_ne!(out.code, 0, "expected a refusal: {out}");
+    assert_eq!(out.stdout.trim(), "", "nothing may run: {out}");
+}
+
+fn assert_grant_run(ps: &PamSandbox, via: &str, command: &[&str]) -> Value {
+    let l = ps.last_audit();
+    assert_eq!(l["event"], "grant_run", "{l}");
+    assert_eq!(l["via"], via, "{l}");
+    assert_eq!(l["command"], json!(command), "{l}");
+    assert_eq!(l["run_as"], "root", "{l}");
+    assert_eq!(l["user"], TEST_USER, "{l}");
+    l
+}
+
+fn assert_denied(ps: &PamSandbox, via: &str, step: &str) -> Value {
+    let l = ps.last_audit();
+    assert_eq!(l["event"], "denied", "{l}");
+    assert_eq!(l["via"], via, "{l}");
+    assert_eq!(l["step"], step, "{l}");
+    assert_eq!(l["user"], TEST_USER, "{l}");
+    l
+}
+
+/// Audit lines of one event.
+fn count(ps: &PamSandbox, event: &str) -> usize {
+    ps.audit().iter().filter(|l| l["event"] == event).count()
+}
+
+// ---------------------------------------------------------------------------
+// 1-4: the grant decides, exactly
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sudo_runs_the_approved_command() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-ok", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_ran(&out, "0\n");
+    let l = assert_grant_run(&ps, "pam:sudo", &["id", "-u"]);
+    assert_eq!(l["grant_id"], g.grant_id.as_str());
+    assert_eq!(l["grant_type"], "once");
+    assert_eq!(l["decided_by"], "alice@example.com");
+    assert!(
+        !ps.sb.audit_text().contains(&g.jwt),
+        "token in the audit log"
+    );
+    assert_eq!(idp.consume_count(&g.grant_id), 1);
+}
+
+#[test]
+fn sudo_refuses_another_argv() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-argv", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "id", "-g"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    let l = assert_denied(&ps, "pam:sudo", "command");
+    assert_eq!(l["command"], json!(["id", "-g"]));
+    assert_eq!(count(&ps, "grant_run"), 0);
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+#[test]
+fn sudo_refuses_a_replayed_once_grant() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-replay", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    let first = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_ran(&first, "0\n");
+    let second = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&second);
+    let l = assert_denied(&ps, "pam:sudo", "consume");
+    assert!(
+        l["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already_consumed"),
+        "{l}"
+    );
+    assert_eq!(count(&ps, "grant_run"), 1);
+    assert_eq!(idp.consume_count(&g.grant_id), 1);
+}
+
+#[test]
+fn sudo_refuses_a_target_user_other_than_run_as() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-target", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]); // run_as root
+    let out = ps.run(
+        &["sudo", "-u", "nobody", "id", "-u"],
+        &with_grant(&g.jwt),
+        None,
+    );
+    assert_refused(&out);
+    let l = assert_denied(&ps, "pam:sudo", "target_user");
+    assert_eq!(l["run_as"], "nobody", "{l}");
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 5: the conversation
+// ---------------------------------------------------------------------------
+
+#[test]
+#[ignore = "BUG: sudo's PAM conversation refuses answers of 512 bytes or more (Linux-PAM \
+            PAM_MAX_RESP_SIZE, sudoers' converse() returns PAM_CONV_ERR); a grant JWT is ~900 \
+            bytes, so the prompt route can never work under sudo, and the module turns the \
+            conversation error into 'no grant' (PAM_IGNORE) without any audit line"]
+fn sudo_reads_the_grant_through_the_conversation() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-conv", &idp, "sudo", SUDO_GRANT_PROMPT);
+    let g = grant(&idp, &["id", "-u"]);
+    let stdin = format!("{}\n", g.jwt);
+    let out = ps.run(&["sudo", "-S", "id", "-u"], &[], Some(stdin.as_bytes()));
+    assert_ran(&out, "0\n");
+    assert!(out.stderr.contains("OpenApe grant:"), "{out}");
+    assert!(!out.stderr.contains(&g.jwt), "the prompt echoed: {out}");
+    let l = assert_grant_run(&ps, "pam:sudo", &["id", "-u"]);
+    assert_eq!(l["grant_id"], g.grant_id.as_str());
+}
+
+/// What sudo 1.9 does with long conversation answers (the cause of the
+/// ignored test above): up to 511 bytes reach the module, 512 and more are
+/// dropped by sudo before the module sees them.
+#[test]
+fn sudo_conversation_drops_answers_of_512_bytes_or_more() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-conv-len", &idp, "sudo", SUDO_GRANT_PROMPT);
+    // 511 bytes: delivered, refused by the module at parse.
+    let short = format!("{}\n", "a".repeat(511));
+    let out = ps.run(&["sudo", "-S", "id", "-u"], &[], Some(short.as_bytes()));
+    assert_refused(&out);
+    assert_denied(&ps, "pam:sudo", "parse");
+    let delivered = ps.audit().len();
+    // A real grant (~900 bytes): sudo never hands it to the module.
+    let g = grant(&idp, &["id", "-u"]);
+    assert!(g.jwt.len() >= 512, "grant is only {} bytes", g.jwt.len());
+    let stdin = format!("{}\n", g.jwt);
+    let out = ps.run(&["sudo", "-S", "id", "-u"], &[], Some(stdin.as_bytes()));
+    assert_refused(&out);
+    assert!(out.stderr.contains("Sorry, try again."), "{out}");
+    assert_eq!(count(&ps, "grant_run"), 0);
+    // No line about this token: the module never saw it.
+    let fp = pam_openape::token::fingerprint(&g.jwt);
+    assert!(
+        ps.audit()[delivered..]
+            .iter()
+            .all(|l| l["token_fp"] != fp.as_str()),
+        "{:?}",
+        ps.audit()
+    );
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+    assert_eq!(
+        idp.request_count("/"),
+        0,
+        "the grant never reached the module"
+    );
+}
+
+#[test]
+fn su_reads_the_grant_through_the_conversation() {
+    // util-linux su uses libpam_misc's misc_conv, which takes long answers.
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("su-conv", &idp, "su", SUDO_GRANT_PROMPT);
+    let g = grant(&idp, &["id -u"]);
+    let stdin = format!("{}\n", g.jwt);
+    let out = ps.run(&["su", "-c", "id -u", "root"], &[], Some(stdin.as_bytes()));
+    assert_ran(&out, "0\n");
+    assert!(out.stderr.contains("OpenApe grant:"), "{out}");
+    assert!(!out.stderr.contains(&g.jwt), "the prompt echoed: {out}");
+    assert_grant_run(&ps, "pam:su", &["id -u"]);
+    assert_eq!(idp.consume_count(&g.grant_id), 1);
+}
+
+// ---------------------------------------------------------------------------
+// 6: grant or password
+// ---------------------------------------------------------------------------
+
+#[test]
+fn grant_or_password_falls_through_without_a_grant_and_logs_nothing() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-fall", &idp, "sudo", SUDO_GRANT_OR_PASSWORD);
+    let out = ps.run(&["sudo", "id", "-u"], &[], None);
+    // The password stand-in accepted: sudo ran the command.
+    assert_ran(&out, "0\n");
+    assert!(ps.out_path("fallthrough-marker").exists(), "{out}");
+    assert!(
+        ps.audit().is_empty(),
+        "no grant is no event: {:?}",
+        ps.audit()
+    );
+    assert_eq!(idp.request_count("/"), 0, "no grant, no IdP traffic");
+}
+
+#[test]
+fn grant_or_password_falls_through_on_a_bad_grant_but_logs_it() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-fall-bad", &idp, "sudo", SUDO_GRANT_OR_PASSWORD);
+    let g = idp.issue(&GrantSpec::new("otherhost", &["id", "-u"]));
+    let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    // `sufficient` ignores PAM_AUTH_ERR: the password stand-in decided.
+    assert_ran(&out, "0\n");
+    assert!(ps.out_path("fallthrough-marker").exists(), "{out}");
+    assert_denied(&ps, "pam:sudo", "host");
+    assert_eq!(count(&ps, "denied"), 1, "{:?}", ps.audit());
+    assert_eq!(count(&ps, "grant_run"), 0);
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 7: su
+// ---------------------------------------------------------------------------
+
+#[test]
+fn su_runs_the_approved_dash_c_string() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("su-ok", &idp, "su", SU_GRANT);
+    let g = grant(&idp, &["id -u"]);
+    let out = ps.run(&["su", "-c", "id -u", "root"], &with_grant(&g.jwt), None);
+    assert_ran(&out, "0\n");
+    let l = assert_grant_run(&ps, "pam:su", &["id -u"]);
+    assert_eq!(l["grant_id"], g.grant_id.as_str());
+    assert_eq!(idp.consume_count(&g.grant_id), 1);
+}
+
+#[test]
+fn su_refuses_another_dash_c_string() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("su-argv", &idp, "su", SU_GRANT);
+    let g = grant(&idp, &["id -u"]);
+    let out = ps.run(&["su", "-c", "id -g", "root"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    let l = assert_denied(&ps, "pam:su", "command");
+    assert_eq!(l["command"], json!(["id -g"]));
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+#[test]
+fn su_refuses_a_sudo_shaped_grant_for_the_same_words() {
+    // A grant for the argv ["id", "-u"] has the same cmd_hash as the su
+    // string "id -u", but the string holds whitespace, so only an exact
+    // binding may match it.
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("su-cross", &idp, "su", SU_GRANT);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["su", "-c", "id -u", "root"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    assert_denied(&ps, "pam:su", "command");
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 8: sudo's timestamp
+// ---------------------------------------------------------------------------
+
+/// Two sudo calls from one shell (one parent: without a tty sudo keys its
+/// timestamp to the parent process), the grant only in the first.
+const TWO_CALLS: &str = "\
+OPENAPE_GRANT=\"$1\" sudo id -u; echo \"rc1=$?\"
+sudo id -g; echo \"rc2=$?\"
+";
+
+#[test]
+fn timestamp_hole_is_closed_by_grant_only_account() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-ts", &idp, "sudo", SUDO_GRANT_ONLY);
+    // sudo's default timestamp_timeout (15 min): the second call skips
+    // authentication, but pam_acct_mgmt still runs.
+    ps.write_sudoers(&sudoers(false, true));
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run_script(TWO_CALLS, &[&g.jwt], &[]);
+    assert_eq!(out.stdout, "0\nrc1=0\nrc2=1\n", "{out}");
+    // The timestamp was written by the first call and used by the second.
+    assert!(
+        std::fs::read_dir(ps.sb.path("run-sudo/ts"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            > 0,
+        "no timestamp record: {out}"
+    );
+    // The second call carried no grant, so pam_authenticate would have
+    // failed before account: a denial at `account` proves sudo skipped
+    // authentication on its timestamp and grant_only caught it.
+    let lines = ps.audit();
+    assert_eq!(count(&ps, "grant_run"), 1, "{lines:?}");
+    let l = assert_denied(&ps, "pam:sudo", "account");
+    assert_eq!(l["command"], json!(["id", "-g"]), "{l}");
+    assert_eq!(idp.consume_count(&g.grant_id), 1);
+}
+
+/// The hole itself, for contrast: without grant_only and with sudo's
+/// default timestamp_timeout, one grant opens a sudo session.
+#[test]
+fn timestamp_hole_is_open_without_grant_only() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-ts-open", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    ps.write_sudoers(&sudoers(false, true));
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run_script(TWO_CALLS, &[&g.jwt], &[]);
+    // `id -g` ran as root without any grant.
+    assert_eq!(out.stdout, "0\nrc1=0\n0\nrc2=0\n", "{out}");
+    assert_eq!(count(&ps, "grant_run"), 1);
+    assert_eq!(count(&ps, "denied"), 0);
+}
+
+#[test]
+fn timestamp_zero_reauthenticates_and_refuses() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-ts0", &idp, "sudo", SUDO_GRANT_ONLY);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run_script(TWO_CALLS, &[&g.jwt], &[]);
+    assert_eq!(out.stdout, "0\nrc1=0\nrc2=1\n", "{out}");
+    // No grant in the second call: the module answered PAM_IGNORE, the
+    // grant-only stack had nothing else, and sudo never got to account.
+    let lines = ps.audit();
+    assert_eq!(count(&ps, "grant_run"), 1, "{lines:?}");
+    assert_eq!(count(&ps, "denied"), 0, "{lines:?}");
+    assert_eq!(idp.consume_count(&g.grant_id), 1);
+}
+
+#[test]
+fn nopasswd_skips_auth_but_grant_only_account_still_refuses() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    // grant-or-deny with pam_permit in account: NOPASSWD works as usual.
+    let ps = setup("sudo-nopw", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let out = ps.run(&["sudo", "true"], &[], None);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(ps.audit().is_empty());
+    // grant-only: sudo skips pam_authenticate for NOPASSWD, pam_acct_mgmt
+    // with grant_only refuses.
+    ps.write_pam("sudo", SUDO_GRANT_ONLY);
+    let out = ps.run(&["sudo", "true"], &[], None);
+    assert_ne!(out.code, 0, "{out}");
+    let l = assert_denied(&ps, "pam:sudo", "account");
+    assert_eq!(l["command"], json!(["true"]), "{l}");
+}
+
+// ---------------------------------------------------------------------------
+// 9: the IdP is down
+// ---------------------------------------------------------------------------
+
+#[test]
+fn idp_down_fails_closed_quickly() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-down", &idp, "sudo", SUDO_GRANT_ONLY);
+    let g = grant(&idp, &["id", "-u"]);
+    drop(idp); // the port is closed; the JWKS cache is empty
+    let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    eprintln!(
+        "IdP down: {} tries, refused after {:?}",
+        count(&ps, "denied"),
+        out.elapsed
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(2 + 5),
+        "took {:?}: {out}",
+        out.elapsed
+    );
+    assert_denied(&ps, "pam:sudo", "key");
+    assert_eq!(count(&ps, "grant_run"), 0);
+}
+
+#[test]
+fn idp_hanging_fails_closed_within_the_http_timeout_per_try() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-hang", &idp, "sudo", SUDO_GRANT_ONLY);
+    let g = grant(&idp, &["id", "-u"]);
+    idp.set_fault(Fault::Hang);
+    let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    // sudo asks up to passwd_tries (3) times; each try may take one
+    // http.timeout (2 s), never more.
+    let tries = count(&ps, "denied") as u64;
+    eprintln!(
+        "hanging IdP: {tries} tries, refused after {:?}",
+        out.elapsed
+    );
+    assert!((1..=3).contains(&tries), "{:?}", ps.audit());
+    assert!(
+        out.elapsed < Duration::from_secs(2 * tries + 3),
+        "took {:?} for {tries} tries: {out}",
+        out.elapsed
+    );
+    assert_denied(&ps, "pam:sudo", "key");
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 10: shells
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sudo_shell_forms_are_refused_and_consume_nothing() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-shell", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    // `sudo -i` authenticates under its own PAM service, sudo-i (sudoers'
+    // pam_login_service; on Debian /etc/pam.d/sudo-i includes
+    // common-auth, so a pam-auth-update install puts the module there
+    // too). Give it the same stack.
+    ps.write_pam("sudo-i", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    for argv in [
+        &["sudo", "-s"][..],
+        &["sudo", "-s", "id", "-u"],
+        &["sudo", "-i"],
+        &["sudo", "-i", "id", "-u"],
+        &["sudoedit", "/etc/shadow"],
+    ] {
+        let before = ps.audit().len();
+        let out = ps.run(argv, &with_grant(&g.jwt), None);
+        assert_refused(&out);
+        assert!(ps.audit().len() > before, "{argv:?}: no denied line");
+        let l = ps.last_audit();
+        assert_eq!(l["event"], "denied", "{argv:?}: {l}");
+        if argv.get(1) != Some(&"-i") {
+            // (sudo -i: see sudo_i_is_refused_at_the_command_step)
+            assert_eq!(l["step"], "command", "{argv:?}: {l}");
+            assert_eq!(l["via"], "pam:sudo", "{argv:?}: {l}");
+        }
+    }
+    assert_eq!(count(&ps, "grant_run"), 0);
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+#[test]
+#[ignore = "BUG: under the sudo-i PAM service the module takes the `other services` branch \
+            (target = PAM_USER = the invoker, no command), so `sudo -i` is refused at \
+            target_user, not parsed and refused at command"]
+fn sudo_i_is_refused_at_the_command_step() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-i-step", &idp, "sudo-i", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "-i", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    let l = assert_denied(&ps, "pam:sudo-i", "command");
+    assert_eq!(l["run_as"], "root", "{l}");
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+#[test]
+#[ignore = "BUG (privilege escalation): under the sudo-i service a grant with no command and \
+            run_as = the caller's own name passes (target = PAM_USER = invoker), and \
+            `sudo -i id -u` then runs as root; the audit line says run_as openape-e2e, \
+            command []"]
+fn sudo_i_with_a_no_command_grant_for_the_caller_gives_no_root() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-i-root", &idp, "sudo-i", SUDO_GRANT_OR_DENY);
+    // Approved: "the agent acts as openape-e2e, no command".
+    let mut spec = GrantSpec::new("testhost", &[]);
+    spec.command = None;
+    spec.run_as = Some(TEST_USER.to_string());
+    let g = idp.issue(&spec);
+    let out = ps.run(&["sudo", "-i", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    assert_eq!(count(&ps, "grant_run"), 0, "{:?}", ps.audit());
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Where the grant comes from under sudo
+// ---------------------------------------------------------------------------
+
+#[test]
+#[ignore = "BUG/DESIGN: at pam_authenticate time sudo 1.9's exported getenv() (which \
+            interposes libc's for the module) answers from the sudoers plugin's environment, \
+            already reset by env_reset, so OPENAPE_GRANT from the caller is invisible unless \
+            sudoers has `Defaults env_keep += \"OPENAPE_GRANT\"` (which then also hands the \
+            token to the command)"]
+fn env_grant_reaches_the_module_without_env_keep() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("sudo-noenvkeep", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    ps.write_sudoers(&sudoers(true, false));
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_ran(&out, "0\n");
+    assert_grant_run(&ps, "pam:sudo", &["id", "-u"]);
+}
