@@ -221,6 +221,55 @@ pub fn own_cmdline() -> Result<Vec<String>, String> {
     split_cmdline(&buf)
 }
 
+/// A variable from this process's initial environment, as the kernel
+/// handed it over at exec (`/proc/self/environ`), first occurrence wins.
+/// sudo replaces `getenv()` for its plugins with a view of the environment
+/// it has already reset for the command, so a PAM module under sudo must
+/// read the caller's variables here.
+pub fn initial_env(name: &str) -> Option<String> {
+    use std::io::Read;
+    let f = std::fs::File::open("/proc/self/environ").ok()?;
+    let mut buf = Vec::new();
+    f.take(1024 * 1024).read_to_end(&mut buf).ok()?;
+    env_from_block(&buf, name)
+}
+
+/// Find `name` in a NUL-separated `NAME=value` block.
+pub fn env_from_block(block: &[u8], name: &str) -> Option<String> {
+    block.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(value.to_vec()).ok()
+    })
+}
+
+/// The kind of program this process is, from its executable and the PAM
+/// service: sudo and sudo-rs (any `sudo*` service, including `sudo-i`),
+/// su, or anything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    Sudo,
+    Su,
+    Other,
+}
+
+pub fn host_kind(exe_name: &str, service: &str) -> Host {
+    if matches!(exe_name, "sudo" | "sudo-rs" | "sudoedit") || service.starts_with("sudo") {
+        Host::Sudo
+    } else if exe_name == "su" || service == "su" || service == "su-l" {
+        Host::Su
+    } else {
+        Host::Other
+    }
+}
+
+/// Base name of `/proc/self/exe` ("" if unknown).
+pub fn own_exe_name() -> String {
+    std::fs::read_link("/proc/self/exe")
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
 pub fn split_cmdline(buf: &[u8]) -> Result<Vec<String>, String> {
     let body = buf.strip_suffix(b"\0").unwrap_or(buf);
     if body.is_empty() {
@@ -374,6 +423,25 @@ mod tests {
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn environment_block_lookup() {
+        let block = b"A=1\0OPENAPE_GRANT=x.y.z\0OPENAPE_GRANT=second\0OPENAPE_GRANTX=no\0";
+        assert_eq!(env_from_block(block, "OPENAPE_GRANT"), Some("x.y.z".into()));
+        assert_eq!(env_from_block(block, "OPENAPE"), None);
+        assert_eq!(env_from_block(block, "B"), None);
+    }
+
+    #[test]
+    fn sudo_i_and_sudo_executables_are_sudo() {
+        assert_eq!(host_kind("sudo", "sudo-i"), Host::Sudo);
+        assert_eq!(host_kind("sudo", "custom"), Host::Sudo);
+        assert_eq!(host_kind("pam-driver", "sudo-i"), Host::Sudo);
+        assert_eq!(host_kind("sudo-rs", "sudo"), Host::Sudo);
+        assert_eq!(host_kind("su", "su-l"), Host::Su);
+        assert_eq!(host_kind("su", "other"), Host::Su);
+        assert_eq!(host_kind("sshd", "sshd"), Host::Other);
     }
 
     #[test]

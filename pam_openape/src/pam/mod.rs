@@ -140,14 +140,21 @@ fn base_record(cfg: &Config, service: &str, event: &'static str) -> Record {
     }
 }
 
-/// Where the grant comes from: the application's environment, the PAM
+/// Answers longer than this are refused by sudo's conversation (Linux-PAM
+/// `PAM_MAX_RESP_SIZE` is 512), so a grant typed or piped at a prompt comes
+/// in lines of exactly this many characters (`fold -w 500`), the last one
+/// shorter.
+pub const CHUNK: usize = 500;
+
+/// Where the grant comes from: the caller's environment as it was at exec
+/// (`/proc/self/environ`; sudo hides it from `getenv`), the PAM
 /// environment, else a no-echo prompt (unless `nonint`). `None`: no grant.
 fn find_grant(pamh: &mut PamHandle, args: &Args) -> Option<String> {
     let nonempty = |s: String| {
         let t = s.strip_suffix('\n').unwrap_or(&s).to_string();
         (!t.is_empty()).then_some(t)
     };
-    if let Some(t) = std::env::var(&args.grant_env).ok().and_then(nonempty) {
+    if let Some(t) = invocation::initial_env(&args.grant_env).and_then(nonempty) {
         return Some(t);
     }
     if let Some(t) = ffi::getenv(pamh, &args.grant_env).and_then(nonempty) {
@@ -157,11 +164,33 @@ fn find_grant(pamh: &mut PamHandle, args: &Args) -> Option<String> {
         return None;
     }
     let conv = pamh.get_item::<pam::conv::Conv>().ok().flatten()?;
-    let answer = conv
-        .send(PAM_PROMPT_ECHO_OFF, &args.prompt)
-        .ok()
-        .flatten()?;
-    answer.as_str().ok().map(str::to_string).and_then(nonempty)
+    let mut token = String::new();
+    for part in 0..=(crate::token::MAX_TOKEN_LEN / CHUNK + 1) {
+        let prompt = if part == 0 {
+            args.prompt.as_str()
+        } else {
+            "OpenApe grant (continued): "
+        };
+        let answer = match conv.send(PAM_PROMPT_ECHO_OFF, prompt) {
+            Ok(Some(a)) => a.as_str().map(str::to_string).unwrap_or_default(),
+            Ok(None) => String::new(),
+            Err(_) if part == 0 => {
+                ffi::syslog(
+                    pamh,
+                    libc::LOG_NOTICE,
+                    "conversation failed; if the grant was typed or piped in one line, split it into lines of 500 characters (fold -w 500): sudo refuses longer answers",
+                );
+                return None;
+            }
+            Err(_) => break,
+        };
+        let line = answer.trim_end_matches(['\r', '\n']);
+        token.push_str(line);
+        if line.len() != CHUNK {
+            break;
+        }
+    }
+    nonempty(token)
 }
 
 /// What this host process is about to do: target user and argv.
@@ -175,12 +204,18 @@ fn what_is_authorised(
         item::<pam::items::User>(pamh, |u| u.0)
             .ok_or_else(|| Denial::new(Step::TargetUser, Kind::Refused, "PAM_USER is not set"))
     };
-    let kind = match args.command {
-        CommandMode::None => "",
-        CommandMode::Auto => service,
-    };
-    match kind {
-        "sudo" => {
+    let host = invocation::host_kind(&invocation::own_exe_name(), service);
+    if args.command == CommandMode::None && host != invocation::Host::Other {
+        // Under sudo or su, "no command" would let a grant for the caller
+        // themselves authenticate any root command (sudo -i, su -).
+        return Err(Denial::new(
+            Step::Usage,
+            Kind::Config,
+            "module argument command=none cannot be used in a sudo or su stack",
+        ));
+    }
+    match host {
+        invocation::Host::Sudo => {
             let inv = invocation::own_cmdline()
                 .and_then(|a| invocation::parse_sudo(&a))
                 .map_err(refuse)?;
@@ -190,7 +225,7 @@ fn what_is_authorised(
             };
             Ok((target, inv.argv))
         }
-        "su" | "su-l" => {
+        invocation::Host::Su => {
             let inv = invocation::own_cmdline()
                 .and_then(|a| invocation::parse_su(&a))
                 .map_err(refuse)?;
@@ -207,7 +242,7 @@ fn what_is_authorised(
             }
             Ok((target, inv.argv))
         }
-        _ => Ok((pam_user()?, None)),
+        invocation::Host::Other => Ok((pam_user()?, None)),
     }
 }
 
