@@ -45,16 +45,23 @@ fn say(msg: &str) {
     eprintln!("escapes: {msg}");
 }
 
+/// A refusal: to the terminal and to syslog (the audit log gets its own
+/// line where it is known).
+fn refuse(msg: &str) {
+    say(msg);
+    sys::syslog_refusal(msg);
+}
+
 fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>) -> i32 {
     // argc == 0 (or an empty argv[0], which the kernel makes of it) is how
     // PwnKit smuggled environment variables back in: refuse outright.
     match args.first() {
         None => {
-            say("refusing to run with an empty argument vector");
+            refuse("refusing to run with an empty argument vector");
             return 2;
         }
         Some(a0) if a0.is_empty() => {
-            say("refusing to run with an empty argv[0]");
+            refuse("refusing to run with an empty argv[0]");
             return 2;
         }
         Some(_) => {}
@@ -119,9 +126,10 @@ impl Ctx {
             ..self.base("denied")
         };
         if let Err(e) = self.audit.append(&rec) {
-            say(&e.reason);
+            refuse(&e.reason);
         }
         say(&d.reason);
+        sys::syslog_refusal(&format!("refused at {}: {}", d.step.name(), d.reason));
         d.exit_code()
     }
 }
@@ -145,7 +153,7 @@ fn load_config(opts: &Opts) -> Result<Config, i32> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     Config::load(&path, ROOT).map_err(|e| {
-        say(&e.reason);
+        refuse(&e.reason);
         e.exit_code()
     })
 }
@@ -213,27 +221,6 @@ fn elevate_logged(
     let primary = primary_group(opts, &target)?;
     let program = resolve_program(&opts.command, &cfg.secure_path)?;
 
-    let approved = verify::consume(verified, &token, cfg, &client, now_unix())?;
-    drop(client);
-    drop(token);
-
-    let rec = Record {
-        run_as: Some(target.name.clone()),
-        cmd_hash: Some(command::cmd_hash(&argv)),
-        grant_id: Some(approved.verified.claims.grant_id.clone()),
-        grant_type: Some(approved.verified.claims.grant_type.as_str()),
-        agent: Some(approved.verified.claims.sub.clone()),
-        issuer: Some(approved.verified.claims.iss.clone()),
-        decided_by: approved.verified.claims.decided_by.clone(),
-        audience: Some(approved.verified.audience.clone()),
-        target_host: Some(approved.verified.claims.target_host.clone()),
-        cwd: std::env::current_dir()
-            .ok()
-            .map(|p| p.to_string_lossy().into_owned()),
-        ..ctx.base("grant_run")
-    };
-    ctx.audit.append(&rec)?;
-
     let env = env::target_env(
         snapshot,
         &cfg.env_keep,
@@ -252,23 +239,16 @@ fn elevate_logged(
             command: &opts.command,
         },
     );
-    run_approved(&approved, &target, primary, &program, opts, &env)
-}
+    let cwd = std::env::current_dir()
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
 
-/// The one place that changes identity and executes.
-fn run_approved(
-    approved: &Approved,
-    target: &User,
-    primary: Gid,
-    program: &Path,
-    opts: &Opts,
-    env: &[(OsString, OsString)],
-) -> Result<Never, Denial> {
-    if !approved.allows() || approved.verdict != Verdict::Allow {
-        return Err(Denial::refused(Step::Exec, "internal error: no approval"));
-    }
+    // Become the target now, before the grant is used: a directory or
+    // program the target cannot use is found while the grant is still
+    // unspent, and the network step below runs without root (unless root
+    // is the target). The audit log stays open for writing.
     sys::cloexec_from_3().map_err(|e| Denial::new(Step::Exec, Kind::Exec, e))?;
-    sys::become_user(target, primary).map_err(|e| {
+    sys::become_user(&target, primary).map_err(|e| {
         Denial::new(
             Step::Exec,
             Kind::Exec,
@@ -283,6 +263,45 @@ fn run_approved(
                 format!("cannot change to directory {}: {e}", dir.display()),
             )
         })?;
+    }
+    if nix::unistd::access(program.as_path(), nix::unistd::AccessFlags::X_OK).is_err() {
+        return Err(Denial::new(
+            Step::Exec,
+            Kind::Exec,
+            format!("{}: {} may not execute it", program.display(), target.name),
+        ));
+    }
+
+    let approved = verify::consume(verified, &token, cfg, &client, now_unix())?;
+    drop(client);
+    drop(token);
+
+    let rec = Record {
+        run_as: Some(target.name.clone()),
+        cmd_hash: Some(command::cmd_hash(&argv)),
+        grant_id: Some(approved.verified.claims.grant_id.clone()),
+        grant_type: Some(approved.verified.claims.grant_type.as_str()),
+        agent: Some(approved.verified.claims.sub.clone()),
+        issuer: Some(approved.verified.claims.iss.clone()),
+        decided_by: approved.verified.claims.decided_by.clone(),
+        audience: Some(approved.verified.audience.clone()),
+        target_host: Some(approved.verified.claims.target_host.clone()),
+        cwd,
+        ..ctx.base("grant_run")
+    };
+    ctx.audit.append(&rec)?;
+    run_approved(&approved, &program, opts, &env)
+}
+
+/// The one place that executes. Identity was changed before consume.
+fn run_approved(
+    approved: &Approved,
+    program: &Path,
+    opts: &Opts,
+    env: &[(OsString, OsString)],
+) -> Result<Never, Denial> {
+    if !approved.allows() || approved.verdict != Verdict::Allow {
+        return Err(Denial::refused(Step::Exec, "internal error: no approval"));
     }
     let err = sys::exec(program, &opts.command, env);
     let kind = if err == nix::errno::Errno::ENOENT {

@@ -25,6 +25,29 @@ pub fn take_environment() -> Vec<(OsString, OsString)> {
     vars
 }
 
+/// One line to syslog (authpriv, warning), tagged `escapes[pid]`, with
+/// the real uid. The text is sanitised and passed to a constant `%s`
+/// format, never used as the format. Never given a token.
+pub fn syslog_refusal(msg: &str) {
+    let line = format!(
+        "uid {}: {}",
+        Uid::current(),
+        pam_openape::error::sanitize(msg, 900)
+    );
+    let Ok(text) = CString::new(line) else { return };
+    // SAFETY: openlog keeps the pointer to a 'static C string literal; the
+    // format is a constant "%s" with exactly one NUL-terminated argument
+    // that outlives the call.
+    unsafe {
+        libc::openlog(c"escapes".as_ptr(), libc::LOG_PID, libc::LOG_AUTHPRIV);
+        libc::syslog(
+            libc::LOG_AUTHPRIV | libc::LOG_WARNING,
+            c"%s".as_ptr(),
+            text.as_ptr(),
+        );
+    }
+}
+
 /// The invoking user, from the real uid (never from the environment).
 pub struct Caller {
     pub uid: u32,

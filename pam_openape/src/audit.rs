@@ -90,13 +90,19 @@ impl AuditLog {
                 ),
             ));
         }
-        trust::check_dir_chain(dir, owner).map_err(|e| io_err(path, format!("directory {e}")))?;
+        let real_dir = trust::check_dir_chain(dir, owner)
+            .map_err(|e| io_err(path, format!("directory {e}")))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| io_err(path, "names no file"))?;
+        // Through the checked, symlink-free directory: no component can be
+        // swapped between the check and the open.
         let file = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(path)
+            .open(real_dir.join(name))
             .map_err(|e| {
                 if e.raw_os_error() == Some(libc::ELOOP) {
                     io_err(path, "is a symbolic link")

@@ -134,15 +134,18 @@ impl<'a> KeyCache<'a> {
         KeyCache { cfg, fetches: 0 }
     }
 
-    fn path(&self, issuer: &str) -> PathBuf {
-        self.cfg.cache_dir.join(format!(
+    /// Cache file of `issuer` in `dir`: named by the SHA-256 of the issuer.
+    fn path(dir: &Path, issuer: &str) -> PathBuf {
+        dir.join(format!(
             "jwks-{}.json",
             hex(&Sha256::digest(issuer.as_bytes()))
         ))
     }
 
     /// Make sure the cache directory exists and is trusted.
-    fn dir(&self) -> Result<&Path, Denial> {
+    /// The cache directory, created if missing, checked, and returned as
+    /// its canonical (symlink-free) path, through which files are opened.
+    fn dir(&self) -> Result<PathBuf, Denial> {
         let dir = self.cfg.cache_dir.as_path();
         if !dir.exists() {
             std::fs::DirBuilder::new()
@@ -158,13 +161,13 @@ impl<'a> KeyCache<'a> {
                 })?;
         }
         trust::check_dir_chain(dir, self.cfg.trusted_owner)
-            .map_err(|e| Denial::new(Step::Key, Kind::Config, format!("cache directory {e}")))?;
-        Ok(dir)
+            .map_err(|e| Denial::new(Step::Key, Kind::Config, format!("cache directory {e}")))
     }
 
-    fn load(&self, issuer: &str) -> Option<CacheFile> {
-        // `key` checked the directory chain just before.
-        let file = trust::open_in_trusted_dir(&self.path(issuer), self.cfg.trusted_owner).ok()?;
+    fn load(&self, dir: &Path, issuer: &str) -> Option<CacheFile> {
+        // `dir` was checked by `dir()` just before.
+        let file =
+            trust::open_in_trusted_dir(&Self::path(dir, issuer), self.cfg.trusted_owner).ok()?;
         let mut buf = Vec::new();
         file.take(trust::MAX_TRUSTED_FILE)
             .read_to_end(&mut buf)
@@ -178,7 +181,7 @@ impl<'a> KeyCache<'a> {
         let Ok(text) = serde_json::to_vec(c) else {
             return;
         };
-        let target = self.path(&c.issuer);
+        let target = Self::path(dir, &c.issuer);
         let tmp = dir.join(format!(".jwks-{}.tmp", std::process::id()));
         let ok = OpenOptions::new()
             .write(true)
@@ -211,7 +214,7 @@ impl<'a> KeyCache<'a> {
             keys: set.keys.clone(),
         };
         if let Ok(dir) = self.dir() {
-            self.store(dir, &c);
+            self.store(&dir, &c);
         }
         Ok((c, set))
     }
@@ -224,8 +227,8 @@ impl<'a> KeyCache<'a> {
         kid: &str,
         now: i64,
     ) -> Result<Key, Denial> {
-        self.dir()?;
-        let cached = self.load(issuer);
+        let dir = self.dir()?;
+        let cached = self.load(&dir, issuer);
         let fresh = cached.as_ref().is_some_and(|c| {
             now >= c.fetched_at - 60 && now - c.fetched_at < self.cfg.jwks_max_age
         });

@@ -61,7 +61,7 @@ fn check_meta(path: &Path, meta: &std::fs::Metadata, owner: u32) -> Result<(), U
 /// Check every directory from `dir` up to `/`: owned by `owner`, not
 /// writable by group or others. Symlinked directories are resolved first
 /// and the real path is what gets checked.
-pub fn check_dir_chain(dir: &Path, owner: u32) -> Result<(), Untrusted> {
+pub fn check_dir_chain(dir: &Path, owner: u32) -> Result<PathBuf, Untrusted> {
     if !dir.is_absolute() {
         return Err(untrusted(dir, "is not an absolute path"));
     }
@@ -77,7 +77,7 @@ pub fn check_dir_chain(dir: &Path, owner: u32) -> Result<(), Untrusted> {
         check_meta(d, &meta, owner)?;
         cur = d.parent();
     }
-    Ok(())
+    Ok(real)
 }
 
 /// Open a trusted regular file for reading: no symlink as the last

@@ -1358,7 +1358,6 @@ fn command_inherits_only_stdin_stdout_stderr() {
 }
 
 #[test]
-#[ignore = "BUG: -D/--chdir to a missing directory fails only after the grant was consumed and grant_run was logged"]
 fn chdir_failure_is_detected_before_the_grant_is_used() {
     let Some(t) = setup("chdir-late") else {
         return;
@@ -1376,4 +1375,39 @@ fn chdir_failure_is_detected_before_the_grant_is_used() {
             .map(|l| l["event"].clone())
             .collect();
     assert_eq!(events, vec![json!("denied")], "{}", t.sb.audit_text());
+}
+
+/// A program the target user may not execute (root-only 0700, grant for
+/// nobody) is found before the grant is used: exit 126, nothing consumed,
+/// no `grant_run` line. (The check runs as the target, after the switch.)
+#[test]
+fn program_the_target_cannot_execute_is_refused_before_consume() {
+    let Some(t) = setup("noexec-target") else {
+        return;
+    };
+    let script = t.sb.write_file(
+        "root-only.sh",
+        b"#!/bin/sh\ntouch /nonexistent\n",
+        0,
+        0,
+        0o700,
+    );
+    let argv = vec![script.to_string_lossy().into_owned()];
+    let mut spec = t.spec(&argv);
+    spec.run_as = Some("nobody".into());
+    let g = t.idp.issue(&spec);
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 126, "{out}");
+    t.assert_not_consumed(&g);
+    let l = t.sb.last_audit();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("exec")),
+        "{l}"
+    );
+    assert!(
+        !t.sb.audit_text().contains("grant_run"),
+        "{}",
+        t.sb.audit_text()
+    );
 }
