@@ -294,6 +294,9 @@ fn elevate_logged(
 }
 
 /// The one place that executes. Identity was changed before consume.
+/// For a target other than root with a terminal on stdio, the command runs
+/// detached from the controlling terminal (no TIOCSTI into the caller's
+/// shell); otherwise escapes replaces itself with it.
 fn run_approved(
     approved: &Approved,
     program: &Path,
@@ -303,17 +306,24 @@ fn run_approved(
     if !approved.allows() || approved.verdict != Verdict::Allow {
         return Err(Denial::refused(Step::Exec, "internal error: no approval"));
     }
-    let err = sys::exec(program, &opts.command, env);
-    let kind = if err == nix::errno::Errno::ENOENT {
-        Kind::NotFound
-    } else {
-        Kind::Exec
+    let failed = |err: nix::errno::Errno| {
+        let kind = if err == nix::errno::Errno::ENOENT {
+            Kind::NotFound
+        } else {
+            Kind::Exec
+        };
+        Denial::new(
+            Step::Exec,
+            kind,
+            format!("cannot execute {}: {}", program.display(), err.desc()),
+        )
     };
-    Err(Denial::new(
-        Step::Exec,
-        kind,
-        format!("cannot execute {}: {}", program.display(), err.desc()),
-    ))
+    let prepared = sys::prepare(program, &opts.command, env).map_err(failed)?;
+    if !nix::unistd::Uid::effective().is_root() && sys::stdio_is_tty() {
+        let code = sys::run_detached(&prepared).map_err(failed)?;
+        std::process::exit(code);
+    }
+    Err(failed(sys::exec(&prepared)))
 }
 
 fn utf8_argv(cmd: &[OsString]) -> Result<Vec<String>, Denial> {

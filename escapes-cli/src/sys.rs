@@ -269,18 +269,26 @@ fn read_line(mut tty: &File, max: usize) -> Result<String, String> {
     String::from_utf8(line).map_err(|_| "input is not UTF-8".into())
 }
 
-/// Replace the process image. Returns only on failure.
-pub fn exec(
+/// A program, argv and environment ready for execve (built before any
+/// fork, so the child only calls async-signal-safe functions).
+pub struct Prepared {
+    path: CString,
+    args: Vec<CString>,
+    envs: Vec<CString>,
+}
+
+pub fn prepare(
     path: &std::path::Path,
     argv: &[OsString],
     env: &[(OsString, OsString)],
-) -> nix::errno::Errno {
-    let to_c = |v: Vec<u8>| CString::new(v).ok();
-    let Some(path) = to_c(path.as_os_str().to_owned().into_vec()) else {
-        return nix::errno::Errno::EINVAL;
-    };
-    let args: Option<Vec<CString>> = argv.iter().map(|a| to_c(a.clone().into_vec())).collect();
-    let envs: Option<Vec<CString>> = env
+) -> Result<Prepared, nix::errno::Errno> {
+    let to_c = |v: Vec<u8>| CString::new(v).map_err(|_| nix::errno::Errno::EINVAL);
+    let path = to_c(path.as_os_str().to_owned().into_vec())?;
+    let args = argv
+        .iter()
+        .map(|a| to_c(a.clone().into_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envs = env
         .iter()
         .map(|(k, v)| {
             let mut kv = k.clone().into_vec();
@@ -288,12 +296,89 @@ pub fn exec(
             kv.extend_from_slice(v.as_encoded_bytes());
             to_c(kv)
         })
-        .collect();
-    let (Some(args), Some(envs)) = (args, envs) else {
-        return nix::errno::Errno::EINVAL;
-    };
-    match nix::unistd::execve(&path, &args, &envs) {
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Prepared { path, args, envs })
+}
+
+/// Replace the process image. Returns only on failure.
+pub fn exec(p: &Prepared) -> nix::errno::Errno {
+    match nix::unistd::execve(&p.path, &p.args, &p.envs) {
         Err(e) => e,
         Ok(never) => match never {},
+    }
+}
+
+/// Is any of stdin, stdout, stderr a terminal?
+pub fn stdio_is_tty() -> bool {
+    [
+        std::io::stdin().as_fd(),
+        std::io::stdout().as_fd(),
+        std::io::stderr().as_fd(),
+    ]
+    .into_iter()
+    .any(|fd| nix::unistd::isatty(fd).unwrap_or(false))
+}
+
+static FORWARD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn remember_signal(sig: libc::c_int) {
+    FORWARD.store(sig, Ordering::SeqCst);
+}
+
+/// Run the program in a new session, without a controlling terminal, and
+/// wait for it: a command running as a less privileged user must not be
+/// able to push keystrokes into the caller's terminal with TIOCSTI (the
+/// CVE-2005-4890 / CVE-2023-28339 class). The terminal stays usable through
+/// the inherited descriptors. Signals that reach this process (Ctrl-C at
+/// the terminal) are forwarded to the child, the only process it signals.
+/// Returns the exit code to use: the child's, or 128 + its signal.
+pub fn run_detached(p: &Prepared) -> Result<i32, nix::errno::Errno> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::unistd::{ForkResult, fork, setsid};
+    // SAFETY: escapes is single-threaded here; the child only calls setsid,
+    // execve and _exit, all async-signal-safe, with buffers built before.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            let _ = setsid();
+            let e = exec(p);
+            // SAFETY: _exit is async-signal-safe and ends the child at once.
+            unsafe {
+                libc::_exit(if e == nix::errno::Errno::ENOENT {
+                    127
+                } else {
+                    126
+                })
+            }
+        }
+        ForkResult::Parent { child } => {
+            let handler = SigAction::new(
+                SigHandler::Handler(remember_signal),
+                SaFlags::empty(),
+                SigSet::empty(),
+            );
+            for sig in [
+                Signal::SIGINT,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+            ] {
+                // SAFETY: the handler only stores to an atomic.
+                let _ = unsafe { sigaction(sig, &handler) };
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => {
+                        let sig = FORWARD.swap(0, Ordering::SeqCst);
+                        if let Ok(sig) = Signal::try_from(sig) {
+                            let _ = nix::sys::signal::kill(child, sig);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
 }

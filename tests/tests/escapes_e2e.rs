@@ -1411,3 +1411,57 @@ fn program_the_target_cannot_execute_is_refused_before_consume() {
         t.sb.audit_text()
     );
 }
+
+/// TIOCSTI (CVE-2005-4890, CVE-2023-28339 class): root runs a command as
+/// nobody on its own terminal; the command must not be able to push
+/// keystrokes into root's shell. Control: the same probe run as nobody
+/// without escapes, on the same kind of terminal, can (so the probe works
+/// and the kernel allows legacy TIOCSTI).
+#[test]
+fn a_less_privileged_command_cannot_type_into_the_callers_terminal() {
+    let Some(t) = setup("tiocsti") else {
+        return;
+    };
+    if std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti")
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+    {
+        eprintln!(
+            "skipped: this kernel has TIOCSTI disabled (dev.tty.legacy_tiocsti = 0), the class cannot occur"
+        );
+        return;
+    }
+    let probe_src = std::fs::read(harness::artefact("tiocsti-probe")).unwrap();
+    let probe = t.sb.write_file("tiocsti-probe", &probe_src, 0, 0, 0o755);
+    let probe_s = probe.to_string_lossy().into_owned();
+    let under_script = |cmd: String| {
+        Run::new("/usr/bin/script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+    };
+    let control = under_script(format!(
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups -- {probe_s}"
+    ));
+    assert!(
+        control.stdout.contains("pushed"),
+        "control probe could not push: {control}"
+    );
+
+    let argv = vec![probe_s.clone()];
+    let mut spec = t.spec(&argv);
+    spec.run_as = Some("nobody".into());
+    let g = t.idp.issue(&spec);
+    let gfile =
+        t.sb.write_file("grant-tiocsti", g.jwt.as_bytes(), 0, 0, 0o600);
+    let out = under_script(format!(
+        "{} --config {} --grant-file {} -u nobody -- {probe_s}",
+        t.sb.escapes().display(),
+        t.sb.config_path().display(),
+        gfile.display()
+    ));
+    assert!(
+        out.stdout.contains("refused"),
+        "the command pushed into the caller's terminal: {out}"
+    );
+    assert_eq!(t.sb.last_audit()["event"], "grant_run");
+}
