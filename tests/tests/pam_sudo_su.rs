@@ -679,3 +679,115 @@ fn env_grant_reaches_the_module_without_env_keep() {
     assert_eq!(out.code, 1, "printenv finds no OPENAPE_GRANT: {out}");
     assert_grant_run(&ps, "pam:sudo", &["printenv", "OPENAPE_GRANT"]);
 }
+
+// ---------------------------------------------------------------------------
+// The files the project ships (pam.d/), used verbatim
+// ---------------------------------------------------------------------------
+
+/// A shipped file from the repository's pam.d/, with the module given by
+/// absolute path and the sandbox config (the only edits an admin who
+/// installed the module elsewhere would make).
+fn shipped(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pam.d")
+        .join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("pam_openape.so", "@SO@ config=@CFG@")
+}
+
+/// Copy the machine's Debian `common-*` stacks into the private pam.d so
+/// the shipped files' `@include` lines resolve. `false`: not Debian-like.
+fn with_common_stacks(ps: &PamSandbox) -> bool {
+    for name in [
+        "common-auth",
+        "common-account",
+        "common-session",
+        "common-session-noninteractive",
+        "common-password",
+    ] {
+        match std::fs::read_to_string(format!("/etc/pam.d/{name}")) {
+            Ok(text) => ps.write_pam(name, &text),
+            Err(_) => {
+                eprintln!("skipped: /etc/pam.d/{name} missing (not a Debian-style PAM layout)");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[test]
+fn shipped_grant_only_stack_and_sudoers_drop_in_work_verbatim() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = PamSandbox::new("shipped-grant-only", &idp.issuer());
+    if !with_common_stacks(&ps) {
+        return;
+    }
+    ps.write_pam("sudo", &shipped("sudo.grant-only"));
+    ps.write_sudoers(&format!(
+        "{}\n{TEST_USER} ALL=(ALL:ALL) ALL\n",
+        shipped("sudoers.openape")
+    ));
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_ran(&out, "0\n");
+    assert_grant_run(&ps, "pam:sudo", &["id", "-u"]);
+    // Same grant, other command: refused, and exactly one denied line
+    // (passwd_tries=1 in the shipped drop-in).
+    let before = ps.audit().len();
+    let out = ps.run(&["sudo", "id", "-g"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    assert_eq!(ps.audit().len(), before + 1, "{:?}", ps.audit());
+    // No grant at all: refused (no password fallback in grant-only).
+    let out = ps.run(&["sudo", "id", "-u"], &[], None);
+    assert_refused(&out);
+}
+
+#[test]
+fn shipped_grant_or_password_stack_accepts_a_grant_and_otherwise_asks_for_the_password() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = PamSandbox::new("shipped-grant-or-pw", &idp.issuer());
+    if !with_common_stacks(&ps) {
+        return;
+    }
+    ps.write_pam("sudo", &shipped("sudo.grant-or-password"));
+    ps.write_sudoers(&format!(
+        "{}\n{TEST_USER} ALL=(ALL:ALL) ALL\n",
+        shipped("sudoers.openape")
+    ));
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_ran(&out, "0\n");
+    // Without a grant the password module is asked (no terminal here, so
+    // sudo gives up) and nothing is logged as a grant refusal.
+    let before = ps.audit().len();
+    let out = ps.run(&["sudo", "id", "-u"], &[], None);
+    assert_refused(&out);
+    assert!(out.stderr.contains("password"), "{out}");
+    assert_eq!(ps.audit().len(), before);
+}
+
+#[test]
+fn shipped_su_stack_accepts_a_grant_for_the_dash_c_string() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = PamSandbox::new("shipped-su", &idp.issuer());
+    if !with_common_stacks(&ps) {
+        return;
+    }
+    ps.write_pam("su", &shipped("su.grant-or-password"));
+    ps.write_sudoers(&shipped_sudoers()); // the namespace mounts it; su ignores it
+    let g = grant(&idp, &["id -u"]);
+    let out = ps.run(&["su", "-c", "id -u", "root"], &with_grant(&g.jwt), None);
+    assert_ran(&out, "0\n");
+    assert_grant_run(&ps, "pam:su", &["id -u"]);
+}
