@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ureq::http::Uri;
 use ureq::tls::{RootCerts, TlsConfig};
@@ -68,8 +68,14 @@ impl Resolver for CallerThreadResolver {
 }
 
 /// An HTTP client for one verification. Dropping it closes everything.
+///
+/// The timeout given to [`Client::new`] is one deadline for every request
+/// this client makes (JWKS and consume together), so a login never waits
+/// longer than `[http] timeout` on the network. Name resolution of a host
+/// name (not an IP literal) is bounded by the resolver's own settings.
 pub struct Client {
     agent: ureq::Agent,
+    deadline: Instant,
 }
 
 impl Client {
@@ -120,15 +126,31 @@ impl Client {
             .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build();
         let agent = ureq::Agent::with_parts(config, DefaultConnector::new(), CallerThreadResolver);
-        Ok(Client { agent })
+        Ok(Client {
+            agent,
+            deadline: Instant::now() + timeout,
+        })
+    }
+
+    /// Time left before the deadline; `Err` once it has passed.
+    fn remaining(&self) -> Result<Duration, String> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left < Duration::from_millis(1) {
+            return Err("did not answer in time".into());
+        }
+        Ok(left)
     }
 
     /// GET `url`. `Err` is a message safe to show (no token inside).
     pub fn get(&self, url: &str) -> Result<Response, String> {
+        let left = self.remaining()?;
         let resp = self
             .agent
             .get(url)
             .header("Accept", "application/json")
+            .config()
+            .timeout_global(Some(left))
+            .build()
             .call()
             .map_err(describe)?;
         read(resp)
@@ -137,11 +159,15 @@ impl Client {
     /// POST with an empty body and a bearer token. The token goes into the
     /// Authorization header only and never into an error.
     pub fn post_bearer(&self, url: &str, bearer: &str) -> Result<Response, String> {
+        let left = self.remaining()?;
         let resp = self
             .agent
             .post(url)
             .header("Accept", "application/json")
             .header("Authorization", format!("Bearer {bearer}"))
+            .config()
+            .timeout_global(Some(left))
+            .build()
             .send_empty()
             .map_err(describe)?;
         read(resp)

@@ -1465,3 +1465,30 @@ fn a_less_privileged_command_cannot_type_into_the_callers_terminal() {
     );
     assert_eq!(t.sb.last_audit()["event"], "grant_run");
 }
+
+/// `[http] timeout` is one deadline for the whole run, not per request: a
+/// JWKS answer after 1.5 s and a consume that would answer after another
+/// 1.5 s (timeout 2 s) is refused at consume after about 2 s, not run after 3.
+#[test]
+fn the_http_timeout_bounds_all_requests_together() {
+    let Some(t) = setup("deadline") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    t.idp.set_fault_for(
+        "/.well-known/jwks.json",
+        Fault::Slow(Duration::from_millis(1500)),
+    );
+    t.idp
+        .set_fault_for("/api/grants/", Fault::Slow(Duration::from_millis(1500)));
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(!t.sb.marker_exists("m"));
+    assert_eq!(t.sb.last_audit()["step"], "consume");
+    assert!(
+        out.elapsed < Duration::from_millis(2900),
+        "took {:?}",
+        out.elapsed
+    );
+}
