@@ -147,13 +147,7 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TempDir;
-
-    fn me() -> u32 {
-        std::fs::metadata("/proc/self")
-            .map(|m| m.uid())
-            .unwrap_or(u32::MAX)
-    }
+    use crate::testutil::{TempDir, me};
 
     #[test]
     fn writes_one_parseable_line_per_record_even_with_hostile_text() {

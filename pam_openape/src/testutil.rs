@@ -7,6 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// The uid of this test process (the owner trusted files must have here).
+pub fn me() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
+}
+
 /// A temporary directory removed on drop.
 pub struct TempDir(PathBuf);
 

@@ -134,14 +134,8 @@ pub fn read_trusted(path: &Path, owner: u32) -> Result<Vec<u8>, Untrusted> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TempDir;
+    use crate::testutil::{TempDir, me};
     use std::os::unix::fs::PermissionsExt;
-
-    fn me() -> u32 {
-        std::fs::metadata("/proc/self")
-            .map(|m| m.uid())
-            .unwrap_or(u32::MAX)
-    }
 
     #[test]
     fn accepts_a_safe_file_and_refuses_unsafe_ones() {

@@ -52,11 +52,16 @@ const SKIP: &str =
 /// The one place that decides whether a root-only test runs. Prints the
 /// skip notice and returns `false` when not running as root.
 pub fn require_root() -> bool {
+    require_root_because(SKIP)
+}
+
+/// [`require_root`] with a suite's own skip notice.
+pub fn require_root_because(notice: &str) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         true
     } else {
-        eprintln!("{SKIP}");
+        eprintln!("{notice}");
         false
     }
 }

@@ -47,15 +47,9 @@ const GUARDED: [&str; 4] = [
     "/etc/pam.d",
 ];
 
-/// The one place that decides whether a test of this suite runs.
+/// Whether a test of this suite runs (root), with this suite's notice.
 pub fn require_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        true
-    } else {
-        eprintln!("{SKIP}");
-        false
-    }
+    harness::require_root_because(SKIP)
 }
 
 /// A snapshot of the machine's PAM and sudoers files, compared at the end
