@@ -46,6 +46,17 @@ pub enum Matched {
     CmdHash,
 }
 
+impl Matched {
+    /// How `escapes verify` and the logs name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Matched::Argv => "exact argv (command)",
+            Matched::ArgvHash => "execution_context.argv_hash",
+            Matched::CmdHash => "cmd_hash (unambiguous argv)",
+        }
+    }
+}
+
 /// Check `argv` against every binding the grant has. `Err` is the reason.
 pub fn check(c: &Claims, argv: &[String]) -> Result<Matched, String> {
     if argv.is_empty() {

@@ -225,7 +225,7 @@ pub fn check(
     let matched = match req.argv {
         Some(argv) => {
             let m = command::check(c, argv).map_err(|e| refuse(Step::Command, e))?;
-            on_pass(Step::Command, format!("{m:?} binding matches"));
+            on_pass(Step::Command, format!("{} matches", m.describe()));
             Some(m)
         }
         None => {
