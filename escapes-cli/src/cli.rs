@@ -294,6 +294,12 @@ human-approved OpenApe grant for exactly that command on this host.
 Usage:
   escapes [options] [--] COMMAND [ARGS...]
   escapes verify [options] [--] [COMMAND [ARGS...]]   dry run: check, consume nothing, run nothing
+  escapes trust [--idp URL] [--approvers A,B] [--replace] [--skip-validation]
+                           set the trusted IdP and approvers (root only;
+                           escapes trust --help)
+  escapes update [--check] [--force] [--manifest-url URL]   (old form: --update)
+                           checksum-verified self-update from the release
+                           manifest (root only; escapes update --help)
   escapes -h | --help      this text
   escapes -V | --version   version
 

@@ -8,9 +8,12 @@
 //! consume the grant, log, drop privileges, exec. Every refusal on the way
 //! writes a `denied` audit line and exits with the code from DESIGN.md.
 
+mod atomic;
 mod cli;
 mod env;
 mod sys;
+mod trust;
+mod update;
 
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -84,10 +87,8 @@ fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>) -> i32 {
             println!("escapes {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Action::Trust(_) | Action::Update(_) => {
-            say("this subcommand is not available in this build yet");
-            1
-        }
+        Action::Trust(args) => trust::run(&args),
+        Action::Update(args) => update::run(&args),
         Action::Run(opts) => elevate(&opts, &snapshot),
         Action::Verify(opts) => dry_run(&opts, &snapshot),
     }

@@ -25,10 +25,10 @@ pub fn take_environment() -> Vec<(OsString, OsString)> {
     vars
 }
 
-/// One line to syslog (authpriv, warning), tagged `escapes[pid]`, with
-/// the real uid. The text is sanitised and passed to a constant `%s`
-/// format, never used as the format. Never given a token.
-pub fn syslog_refusal(msg: &str) {
+/// One line to syslog (authpriv), tagged `escapes[pid]`, with the real
+/// uid. The text is sanitised and passed to a constant `%s` format, never
+/// used as the format. Never given a token.
+fn syslog(priority: libc::c_int, msg: &str) {
     let line = format!(
         "uid {}: {}",
         Uid::current(),
@@ -40,12 +40,18 @@ pub fn syslog_refusal(msg: &str) {
     // that outlives the call.
     unsafe {
         libc::openlog(c"escapes".as_ptr(), libc::LOG_PID, libc::LOG_AUTHPRIV);
-        libc::syslog(
-            libc::LOG_AUTHPRIV | libc::LOG_WARNING,
-            c"%s".as_ptr(),
-            text.as_ptr(),
-        );
+        libc::syslog(libc::LOG_AUTHPRIV | priority, c"%s".as_ptr(), text.as_ptr());
     }
+}
+
+/// A refusal, at warning level.
+pub fn syslog_refusal(msg: &str) {
+    syslog(libc::LOG_WARNING, msg);
+}
+
+/// A change to the trust root or the binary, at notice level.
+pub fn syslog_change(msg: &str) {
+    syslog(libc::LOG_NOTICE, msg);
 }
 
 /// The invoking user, from the real uid (never from the environment).

@@ -13,6 +13,8 @@ use serde::Deserialize;
 use crate::error::{Denial, Kind, Step};
 use crate::trust;
 
+pub mod edit;
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/openape/config.toml";
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/openape/audit.log";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/openape";
@@ -76,6 +78,8 @@ struct RawConfig {
     env: RawEnv,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    update: RawUpdate,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +119,12 @@ struct RawCache {
     jwks_min_refresh: Option<u32>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    manifest_url: Option<String>,
+}
+
 /// The validated configuration, every default filled in.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -144,6 +154,10 @@ pub struct Config {
     pub jwks_min_refresh: i64,
     /// Owner every trusted file must have (0 in production).
     pub trusted_owner: u32,
+    /// `[update] manifest_url`: where `escapes update` finds the release
+    /// manifest (https, or http only to a loopback address). `None`: not
+    /// configured.
+    pub update_manifest_url: Option<String>,
 }
 
 fn config_err(path: &Path, msg: impl std::fmt::Display) -> Denial {
@@ -157,18 +171,25 @@ fn config_err(path: &Path, msg: impl std::fmt::Display) -> Denial {
 /// Is `url` an issuer URL we can talk to safely: `https://…`, or `http://`
 /// only to a loopback address. No userinfo, query or fragment.
 pub fn issuer_url_ok(url: &str) -> Result<(), String> {
+    url_ok(url, "issuer")
+}
+
+/// The rule of [`issuer_url_ok`] for any URL the project fetches (issuers,
+/// the update manifest and the binary it names); `what` names it in the
+/// message.
+pub fn url_ok(url: &str, what: &str) -> Result<(), String> {
     let rest = if let Some(r) = url.strip_prefix("https://") {
         r
     } else if let Some(r) = url.strip_prefix("http://") {
         let host = authority_host(r.split('/').next().unwrap_or(""));
         if !is_loopback_host(host) {
             return Err(format!(
-                "issuer {url} must use https (http is allowed only to a loopback address)"
+                "{what} {url} must use https (http is allowed only to a loopback address)"
             ));
         }
         r
     } else {
-        return Err(format!("issuer {url} must start with https://"));
+        return Err(format!("{what} {url} must start with https://"));
     };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty()
@@ -177,9 +198,24 @@ pub fn issuer_url_ok(url: &str) -> Result<(), String> {
         || rest.contains('#')
         || rest.chars().any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err(format!("issuer {url} is not a plain https URL"));
+        return Err(format!("{what} {url} is not a plain https URL"));
     }
     Ok(())
+}
+
+/// `scheme://authority` of a URL accepted by [`url_ok`], lower-cased and
+/// without a default port (`:443` for https, `:80` for http): two URLs are
+/// on the same origin when this is equal.
+pub fn url_origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split('/').next().unwrap_or("").to_ascii_lowercase();
+    if authority.is_empty() {
+        return None;
+    }
+    let default = if scheme == "https" { ":443" } else { ":80" };
+    let authority = authority.strip_suffix(default).unwrap_or(&authority);
+    Some(format!("{scheme}://{authority}"))
 }
 
 fn authority_host(authority: &str) -> &str {
@@ -348,6 +384,10 @@ impl Config {
             return Err(config_err(path, "[cache] dir must be an absolute path"));
         }
 
+        if let Some(url) = &raw.update.manifest_url {
+            url_ok(url, "manifest_url").map_err(|e| config_err(path, format!("[update] {e}")))?;
+        }
+
         for (caller, subs) in &raw.subjects {
             if subs.is_empty() {
                 return Err(config_err(
@@ -376,6 +416,7 @@ impl Config {
             jwks_max_age: i64::from(raw.cache.jwks_max_age.unwrap_or(300)),
             jwks_min_refresh: i64::from(raw.cache.jwks_min_refresh.unwrap_or(10)),
             trusted_owner,
+            update_manifest_url: raw.update.manifest_url,
         })
     }
 }
@@ -471,6 +512,55 @@ mod tests {
             assert!(parse(&text).is_err(), "{bad} accepted");
         }
         assert!(parse(&format!("{MIN}[env]\nkeep = [\"SSH_AUTH_SOCK\"]\n")).is_ok());
+    }
+
+    #[test]
+    fn update_manifest_url_is_optional_and_checked() {
+        assert_eq!(parse(MIN).ok().and_then(|c| c.update_manifest_url), None);
+        let ok = format!(
+            "{MIN}[update]\nmanifest_url = \"https://dl.example.com/escapes/manifest.json\"\n"
+        );
+        assert_eq!(
+            parse(&ok)
+                .ok()
+                .and_then(|c| c.update_manifest_url)
+                .as_deref(),
+            Some("https://dl.example.com/escapes/manifest.json")
+        );
+        assert!(
+            parse(&format!(
+                "{MIN}[update]\nmanifest_url = \"http://dl.example.com/m\"\n"
+            ))
+            .is_err()
+        );
+        assert!(
+            parse(&format!(
+                "{MIN}[update]\nmanifest_url = \"http://127.0.0.1:9/m\"\n"
+            ))
+            .is_ok()
+        );
+        assert!(parse(&format!("{MIN}[update]\nchannel = \"beta\"\n")).is_err());
+    }
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert_eq!(
+            url_origin("https://DL.example.com:443/a/b").as_deref(),
+            Some("https://dl.example.com")
+        );
+        assert_eq!(
+            url_origin("http://127.0.0.1:8080/x").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_ne!(
+            url_origin("https://a.example/x"),
+            url_origin("https://a.example:8443/x")
+        );
+        assert_ne!(
+            url_origin("https://a.example/x"),
+            url_origin("http://a.example/x")
+        );
+        assert_eq!(url_origin("https://"), None);
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! The only HTTP client in the project (IdP JWKS and consume).
+//! The only HTTP client in the project (IdP discovery, JWKS and consume;
+//! the release manifest and binary of `escapes update`).
 //!
 //! Hardened for a setuid or PAM context: the caller's environment reaches
 //! nothing (no proxy from `*_PROXY`, roots from the root-owned `ca_bundle`
 //! or the compiled-in WebPKI set, never `SSL_CERT_FILE`), no redirects are
 //! followed, one total deadline covers each request, bodies are capped at
-//! 1 MiB, no connection is pooled, and name resolution runs on the
+//! 1 MiB ([`Client::download`] streams larger bodies to a writer under its
+//! own cap), no connection is pooled, and name resolution runs on the
 //! caller's own thread: no thread outlives a request.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,6 +18,8 @@ use ureq::http::Uri;
 use ureq::tls::{RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+use sha2::{Digest, Sha256};
 
 use crate::error::{Denial, Kind, Step};
 use crate::trust;
@@ -174,6 +178,106 @@ impl Client {
     }
 }
 
+/// What [`Client::download`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Download {
+    /// Bytes written to the writer (the whole body).
+    pub bytes: u64,
+    /// Lowercase hex SHA-256 of exactly those bytes.
+    pub sha256: String,
+}
+
+impl Client {
+    /// GET `url` and stream the body of a 200 answer into `out`, at most
+    /// `max_bytes` of it, hashing as it goes. `deadline` replaces the
+    /// client's timeout for this one request and covers the whole body.
+    ///
+    /// Same hardening as [`Client::get`] (no proxy, no redirect, no
+    /// pooling). Every failure is an `Err` with a message safe to show: a
+    /// status other than 200, a body longer than `max_bytes` (announced or
+    /// actual), a connection closed before the announced length, the
+    /// deadline, or an error of `out` (e.g. a full disk). After an `Err`,
+    /// `out` may hold part of the body: the caller throws it away.
+    pub fn download(
+        &self,
+        url: &str,
+        max_bytes: u64,
+        deadline: Duration,
+        out: &mut dyn Write,
+    ) -> Result<Download, String> {
+        let mut resp = self
+            .agent
+            .get(url)
+            .config()
+            .timeout_global(Some(deadline))
+            .build()
+            .header("Accept", "application/octet-stream")
+            .call()
+            .map_err(describe)?;
+        let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            return Err(format!(
+                "answered with a redirect ({status}); redirects are not followed"
+            ));
+        }
+        if status != 200 {
+            return Err(format!("answered HTTP {status}"));
+        }
+        let announced = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if announced.is_some_and(|n| n > max_bytes) {
+            return Err(format!("download is larger than {max_bytes} bytes"));
+        }
+        let mut reader = resp.body_mut().as_reader();
+        let mut hasher = Sha256::new();
+        let mut total: u64 = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(body_error(&e)),
+            };
+            total = total.saturating_add(n as u64);
+            if total > max_bytes {
+                return Err(format!("download is larger than {max_bytes} bytes"));
+            }
+            let chunk = buf.get(..n).unwrap_or_default();
+            hasher.update(chunk);
+            out.write_all(chunk)
+                .map_err(|e| format!("cannot store the download: {e}"))?;
+        }
+        out.flush()
+            .map_err(|e| format!("cannot store the download: {e}"))?;
+        if announced.is_some_and(|n| n != total) {
+            return Err("the connection closed before the whole body arrived".into());
+        }
+        Ok(Download {
+            bytes: total,
+            sha256: crate::token::hex(&hasher.finalize()),
+        })
+    }
+}
+
+/// A body read error: ureq reports a deadline or a short body through
+/// `io::Error`.
+fn body_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::TimedOut => "did not finish in time".into(),
+        std::io::ErrorKind::UnexpectedEof => {
+            "the connection closed before the whole body arrived".into()
+        }
+        _ => format!(
+            "the download was cut off: {}",
+            crate::error::sanitize(&e.to_string(), 200)
+        ),
+    }
+}
+
 fn read(mut resp: ureq::http::Response<ureq::Body>) -> Result<Response, String> {
     let status = resp.status().as_u16();
     if (300..400).contains(&status) {
@@ -231,6 +335,7 @@ pub fn encode_segment(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -239,6 +344,110 @@ mod tests {
         assert_eq!(encode_segment(".."), "%2E%2E");
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
         assert_eq!(encode_segment("3f2a-99_z.~"), "3f2a-99_z.~");
+    }
+
+    /// Serve one connection with `response` (raw bytes), then close.
+    fn one_shot(response: Vec<u8>) -> (String, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let h = std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+                    match s.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => break,
+                    }
+                }
+                let _ = s.write_all(&response);
+                let _ = s.flush();
+            }
+        });
+        (format!("http://127.0.0.1:{port}/bin"), h)
+    }
+
+    fn response(len_header: Option<usize>, body: &[u8]) -> Vec<u8> {
+        let mut r = b"HTTP/1.1 200 OK\r\nConnection: close\r\n".to_vec();
+        if let Some(n) = len_header {
+            r.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
+        }
+        r.extend_from_slice(b"\r\n");
+        r.extend_from_slice(body);
+        r
+    }
+
+    fn fetch(resp: Vec<u8>, max: u64) -> (Result<Download, String>, Vec<u8>) {
+        let (url, h) = one_shot(resp);
+        let client = Client::new(Duration::from_secs(5), None, 0).unwrap();
+        let mut out = Vec::new();
+        let r = client.download(&url, max, Duration::from_secs(5), &mut out);
+        let _ = h.join();
+        (r, out)
+    }
+
+    #[test]
+    fn download_streams_and_hashes_the_body() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (r, out) = fetch(response(Some(body.len()), &body), 1 << 20);
+        assert_eq!(out, body);
+        assert_eq!(
+            r,
+            Ok(Download {
+                bytes: body.len() as u64,
+                sha256: crate::token::hex(&Sha256::digest(&body)),
+            })
+        );
+        // No Content-Length: the body ends when the connection closes.
+        let (r, out) = fetch(response(None, b"abc"), 10);
+        assert_eq!(r.map(|d| d.bytes), Ok(3));
+        assert_eq!(out, b"abc");
+    }
+
+    #[test]
+    fn download_refuses_cut_oversized_redirected_and_unstorable_bodies() {
+        // Announced 1000 bytes, 500 sent, then closed.
+        let (r, _) = fetch(response(Some(1000), &[7u8; 500]), 1 << 20);
+        assert!(r.as_ref().is_err_and(|e| e.contains("closed")), "{r:?}");
+        // Announced more than the cap: refused before reading.
+        let (r, out) = fetch(response(Some(2000), &[7u8; 2000]), 1000);
+        assert!(r.as_ref().is_err_and(|e| e.contains("larger")), "{r:?}");
+        assert!(out.is_empty());
+        // Not announced, but more than the cap arrives.
+        let (r, out) = fetch(response(None, &[7u8; 5000]), 1000);
+        assert!(r.as_ref().is_err_and(|e| e.contains("larger")), "{r:?}");
+        assert!(out.len() <= 1000);
+        // Redirects are not followed; other statuses are errors.
+        let (r, _) = fetch(
+            b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+            1000,
+        );
+        assert!(r.as_ref().is_err_and(|e| e.contains("redirect")), "{r:?}");
+        let (r, _) = fetch(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            1000,
+        );
+        assert!(r.as_ref().is_err_and(|e| e.contains("404")), "{r:?}");
+        // A writer that fails (a full disk) fails the download.
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (url, h) = one_shot(response(Some(10), b"0123456789"));
+        let client = Client::new(Duration::from_secs(5), None, 0).unwrap();
+        let r = client.download(&url, 100, Duration::from_secs(5), &mut Full);
+        let _ = h.join();
+        assert!(
+            r.as_ref().is_err_and(|e| e.contains("cannot store")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod audit;
 pub mod command;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod invocation;
 pub mod jwks;

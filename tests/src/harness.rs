@@ -104,6 +104,22 @@ pub fn artefact(name: &str) -> PathBuf {
     p
 }
 
+/// Files that tests execute are written under the write side of this lock,
+/// processes are started under the read side: a child forked while another
+/// thread still had a freshly written binary open for writing would make
+/// exec of that binary fail with ETXTBSY ("Text file busy").
+static EXEC_WRITE_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Hold while starting a process (fork/spawn).
+fn spawn_guard() -> std::sync::RwLockReadGuard<'static, ()> {
+    EXEC_WRITE_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hold while writing a file a test may execute.
+fn write_guard() -> std::sync::RwLockWriteGuard<'static, ()> {
+    EXEC_WRITE_LOCK.write().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Copy `src` to `dst` and make sure the copy is whole: a concurrent
 /// `cargo build` may be rewriting `src`, so retry until its size and
 /// mtime are the same before and after the copy.
@@ -112,7 +128,11 @@ pub fn copy_stable(src: &Path, dst: &Path) {
     let mut last_err = String::new();
     for _ in 0..40 {
         let before = stamp(src);
-        match fs::copy(src, dst) {
+        let copied = {
+            let _w = write_guard();
+            fs::copy(src, dst)
+        };
+        match copied {
             Ok(n) if before.is_some() && stamp(src) == before && before.map(|b| b.0) == Some(n) => {
                 return;
             }
@@ -455,9 +475,11 @@ impl Run {
             cmd.current_dir(d);
         }
         let start = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let spawned = {
+            let _r = spawn_guard();
+            cmd.spawn()
+        };
+        let mut child = spawned.unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let feeder = match (child.stdin.take(), self.stdin) {
             (Some(mut w), Some(data)) => Some(thread::spawn(move || {
                 // The program may exit without reading: EPIPE is fine.
@@ -580,7 +602,14 @@ pub fn exec_raw(
     // SAFETY: the child below only makes async-signal-safe system calls
     // (setpgid, dup2, chdir, setgroups, setresgid, setresuid, execve,
     // _exit) on memory prepared before the fork, then execs or exits.
+    let guard = spawn_guard();
     let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // The child must not touch the lock (not async-signal-safe).
+        std::mem::forget(guard);
+    } else {
+        drop(guard);
+    }
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
         // SAFETY: see the fork above; every pointer is into a vector or
@@ -781,7 +810,10 @@ impl Sandbox {
     /// Write `rel` with this content, owner and mode.
     pub fn write_file(&self, rel: &str, content: &[u8], uid: u32, gid: u32, mode: u32) -> PathBuf {
         let p = self.path(rel);
-        fs::write(&p, content).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        {
+            let _w = write_guard();
+            fs::write(&p, content).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        }
         set_owner_mode(&p, uid, gid, mode);
         p
     }

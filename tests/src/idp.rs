@@ -4,8 +4,10 @@
 //! JWKS, the grants API, consume, and the agent challenge login. Tokens are
 //! real Ed25519 (EdDSA) JWTs. On top of that it has switches the real IdP does
 //! not have: faults (down, hang, error status, garbage, slow, huge body,
-//! redirect, empty object), key rotation, a configurable refusal status, a
-//! request log, and test-only `/_test/...` routes for the demo binary.
+//! redirect, empty object, byte-by-byte dribble, a fixed body), key
+//! rotation, a JWKS override, signing of arbitrary encodings, a
+//! configurable refusal status, a request log, and test-only `/_test/...`
+//! routes for the demo binary.
 //!
 //! The server binds `127.0.0.1` only. Every loop is bounded in count and time:
 //! a fixed number of connections per server, a 5 s socket read timeout, a 10 s
@@ -173,6 +175,28 @@ pub enum Fault {
     Redirect(String),
     /// 200 `{}`.
     EmptyObject,
+    /// Answer normally, but write the response one byte at a time with
+    /// this pause between bytes (a slowloris server: every read succeeds,
+    /// only a whole-request deadline stops the client). Ends after at most
+    /// 120 s or when the server is dropped.
+    Dribble(Duration),
+    /// Answer with this status and this body verbatim (`application/json`).
+    Body(u16, String),
+}
+
+/// How `GET /_test/release/bin` (the release server of the `escapes
+/// update` tests) answers. The manifest at `/_test/release/manifest` is
+/// always served as set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReleaseMode {
+    /// 200 with the whole binary.
+    Whole,
+    /// Announce the whole length, send this many bytes, then close: a
+    /// download cut mid-way.
+    CutAfter(usize),
+    /// 200 with this many filler bytes, streamed (nothing held in memory);
+    /// `announce` sends a Content-Length, otherwise the body ends at close.
+    Filler { bytes: usize, announce: bool },
 }
 
 /// Server options beyond the port, for [`TestIdp::start_with`].
@@ -329,6 +353,12 @@ struct State {
     last_authorization: Option<String>,
     /// Agent login: id -> outstanding challenge.
     challenges: HashMap<String, String>,
+    /// When set, served verbatim as the JWKS document instead of the keys.
+    jwks_override: Option<String>,
+    /// The release server: manifest bytes, binary bytes, how to serve it.
+    release_manifest: Option<Vec<u8>>,
+    release_bin: Arc<Vec<u8>>,
+    release_mode: ReleaseMode,
 }
 
 impl State {
@@ -594,6 +624,10 @@ impl TestIdp {
                 consumes: HashMap::new(),
                 last_authorization: None,
                 challenges: HashMap::new(),
+                jwks_override: None,
+                release_manifest: None,
+                release_bin: Arc::new(Vec::new()),
+                release_mode: ReleaseMode::Whole,
             }),
             stop: AtomicBool::new(false),
             finished: AtomicBool::new(false),
@@ -661,6 +695,20 @@ impl TestIdp {
     /// invalid JSON, a literal `null` kid, ...).
     pub fn sign_raw(&self, header_json: &[u8], payload_json: &[u8]) -> String {
         sign_raw_with(self.shared.lock().current_key(), header_json, payload_json)
+    }
+
+    /// Sign an arbitrary signing input (`header.payload`, encoded however
+    /// the caller likes: padded, `+/` alphabet, ...) with the current key;
+    /// returns the base64url (no padding) Ed25519 signature.
+    pub fn sign_input(&self, signing_input: &[u8]) -> String {
+        let st = self.shared.lock();
+        URL_SAFE_NO_PAD.encode(st.current_key().key.sign(signing_input).to_bytes())
+    }
+
+    /// Serve `doc` verbatim as `/.well-known/jwks.json` (`None`: the real
+    /// keys again). For JWKS with no keys, keys of the wrong type or size.
+    pub fn set_jwks_override(&self, doc: Option<String>) {
+        self.shared.lock().jwks_override = doc;
     }
 
     /// The claims a grant token for `g` would carry if issued at `iat`, with
@@ -748,6 +796,30 @@ impl TestIdp {
     /// most recent request that carried one.
     pub fn last_authorization(&self) -> Option<String> {
         self.shared.lock().last_authorization.clone()
+    }
+
+    /// Publish a release: `manifest` (raw bytes, served as JSON at
+    /// [`TestIdp::release_manifest_url`]) and `binary` (served at
+    /// [`TestIdp::release_bin_url`] according to the [`ReleaseMode`]).
+    pub fn set_release(&self, manifest: &[u8], binary: Vec<u8>) {
+        let mut st = self.shared.lock();
+        st.release_manifest = Some(manifest.to_vec());
+        st.release_bin = Arc::new(binary);
+    }
+
+    /// How the release binary is served (default [`ReleaseMode::Whole`]).
+    pub fn set_release_mode(&self, mode: ReleaseMode) {
+        self.shared.lock().release_mode = mode;
+    }
+
+    /// `{issuer}/_test/release/manifest`.
+    pub fn release_manifest_url(&self) -> String {
+        format!("{}/_test/release/manifest", self.shared.issuer)
+    }
+
+    /// `{issuer}/_test/release/bin`.
+    pub fn release_bin_url(&self) -> String {
+        format!("{}/_test/release/bin", self.shared.issuer)
     }
 }
 
@@ -1100,6 +1172,86 @@ fn stream_big_body(shared: &Shared, stream: &mut TcpStream, n: usize) -> io::Res
     stream.flush()
 }
 
+/// Write `r` one byte at a time, pausing `pause` between bytes, for at
+/// most `MAX_HOLD` (or until the server stops).
+fn dribble_reply(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    r: &Reply,
+    pause: Duration,
+) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        r.status,
+        reason_phrase(r.status),
+        r.content_type,
+        r.body.len()
+    );
+    for (n, v) in &r.extra_headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    bytes.extend_from_slice(head.as_bytes());
+    bytes.extend_from_slice(&r.body);
+    let start = Instant::now();
+    for b in bytes {
+        if shared.stopping() || start.elapsed() > MAX_HOLD {
+            return Ok(());
+        }
+        stream.write_all(&[b])?;
+        stream.flush()?;
+        if !sleep_unless_stopped(shared, pause) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// `GET /_test/release/bin`: the binary, whole, cut short, or filler.
+fn serve_release_bin(shared: &Shared, stream: &mut TcpStream) {
+    const TYPE: &str = "application/octet-stream";
+    let (bin, mode) = {
+        let st = shared.lock();
+        (Arc::clone(&st.release_bin), st.release_mode.clone())
+    };
+    let result = match mode {
+        ReleaseMode::Whole => write_head(stream, 200, TYPE, bin.len(), &[])
+            .and_then(|()| stream.write_all(&bin))
+            .and_then(|()| stream.flush()),
+        ReleaseMode::CutAfter(n) => {
+            let _ = write_head(stream, 200, TYPE, bin.len(), &[])
+                .and_then(|()| stream.write_all(&bin[..n.min(bin.len())]))
+                .and_then(|()| stream.flush());
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        ReleaseMode::Filler { bytes, announce } => {
+            let length = if announce {
+                format!("Content-Length: {bytes}\r\n")
+            } else {
+                String::new()
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {TYPE}\r\n{length}Connection: close\r\n\r\n"
+            );
+            let chunk = vec![0x5au8; 64 * 1024];
+            let start = Instant::now();
+            let mut r = stream.write_all(head.as_bytes());
+            let mut sent = 0usize;
+            while r.is_ok() && sent < bytes && !shared.stopping() && start.elapsed() < MAX_HOLD {
+                let len = chunk.len().min(bytes - sent);
+                r = stream.write_all(&chunk[..len]);
+                sent += len;
+            }
+            r.and_then(|()| stream.flush())
+        }
+    };
+    if result.is_ok() {
+        let _ = stream.shutdown(Shutdown::Write);
+    }
+}
+
 fn handle_connection(shared: &Shared, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
@@ -1127,6 +1279,10 @@ fn handle_connection(shared: &Shared, mut stream: TcpStream) {
             st.fault_for(req.path())
         }
     };
+    if req.path() == "/_test/release/bin" && req.method == "GET" {
+        serve_release_bin(shared, &mut stream);
+        return;
+    }
     let reply = match fault {
         Fault::None => route(shared, &req),
         Fault::Down => {
@@ -1164,6 +1320,19 @@ fn handle_connection(shared: &Shared, mut stream: TcpStream) {
             body: Vec::new(),
         },
         Fault::EmptyObject => json_reply(200, &json!({})),
+        Fault::Body(status, body) => Reply {
+            status,
+            content_type: "application/json",
+            extra_headers: Vec::new(),
+            body: body.into_bytes(),
+        },
+        Fault::Dribble(pause) => {
+            let reply = route(shared, &req);
+            if dribble_reply(shared, &mut stream, &reply, pause).is_ok() {
+                close_gracefully(stream);
+            }
+            return;
+        }
     };
     if write_reply(&mut stream, &reply).is_ok() {
         close_gracefully(stream);
@@ -1315,7 +1484,16 @@ fn route(shared: &Shared, req: &Request) -> Reply {
             if m != "GET" {
                 return method_not_allowed();
             }
-            json_reply(200, &jwks(&shared.lock()))
+            let st = shared.lock();
+            match &st.jwks_override {
+                Some(doc) => Reply {
+                    status: 200,
+                    content_type: "application/json",
+                    extra_headers: Vec::new(),
+                    body: doc.clone().into_bytes(),
+                },
+                None => json_reply(200, &jwks(&st)),
+            }
         }
         ["api", "grants"] => {
             if m != "POST" {
@@ -1365,6 +1543,17 @@ fn route(shared: &Shared, req: &Request) -> Reply {
         // Test-only control routes: the real IdP has nothing like them. They
         // exist so the demo binary and out-of-process benchmarks can mint
         // grants, inject faults and rotate keys over HTTP.
+        ["_test", "release", "manifest"] if m == "GET" => {
+            match shared.lock().release_manifest.clone() {
+                Some(body) => Reply {
+                    status: 200,
+                    content_type: "application/json",
+                    extra_headers: Vec::new(),
+                    body,
+                },
+                None => error_reply(404, "no_release"),
+            }
+        }
         ["_test", "grant"] if m == "POST" => test_grant(shared, req),
         ["_test", "fault"] if m == "POST" => test_fault(shared, req),
         ["_test", "rotate"] if m == "POST" => {
