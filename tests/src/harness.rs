@@ -599,10 +599,10 @@ pub fn exec_raw(
     let (err_r, err_w) = pipe();
 
     let start = Instant::now();
+    let guard = spawn_guard();
     // SAFETY: the child below only makes async-signal-safe system calls
     // (setpgid, dup2, chdir, setgroups, setresgid, setresuid, execve,
     // _exit) on memory prepared before the fork, then execs or exits.
-    let guard = spawn_guard();
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         // The child must not touch the lock (not async-signal-safe).
