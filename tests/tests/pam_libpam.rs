@@ -419,3 +419,61 @@ fn a_thousand_refusals_in_one_process_leak_nothing() {
     assert!(same(threads) && same(fds), "{last}");
     assert_eq!(out.stdout.matches("auth=7").count(), 1000);
 }
+
+/// A panic inside a hook must not unwind into libpam and abort the host
+/// (sudo, su, sshd): it is caught and refused. Needs a module built with
+/// the test-only `fault-injection` feature, built here into its own
+/// target directory (it is never part of a shipped build).
+#[test]
+fn a_panic_in_the_hook_is_a_refusal_not_a_crash() {
+    if !require_root() {
+        return;
+    }
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = workspace.join("target/fault-injection");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "pam_openape",
+            "--features",
+            "fault-injection",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .current_dir(&workspace)
+        .status()
+        .expect("run cargo");
+    assert!(
+        built.success(),
+        "building the fault-injection module failed"
+    );
+    let p = Pam::new("pam-panic");
+    let faulty = std::fs::read(target.join("debug/libpam_openape.so")).unwrap();
+    let so =
+        p.sb.write_file("pam_openape_fault.so", &faulty, 0, 0, 0o644);
+    p.stack(
+        "sudo",
+        &format!(
+            "auth required {} config={{cfg}} nonint fault_panic\n",
+            so.display()
+        ),
+    );
+    let jwt = p.grant(&["id", "-u"]);
+    let out = p.drive("sudo", "sudo", &["id", "-u"], &[("OPENAPE_GRANT", &jwt)]);
+    assert_eq!(out.code, 0, "the host process died: {out}");
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    assert!(
+        out.stdout.contains("threads="),
+        "the driver did not finish: {out}"
+    );
+    // The shipped module refuses the argument outright.
+    p.stack(
+        "sudo",
+        "auth required {so} config={cfg} nonint fault_panic\n",
+    );
+    let out = p.drive("sudo", "sudo", &["id", "-u"], &[("OPENAPE_GRANT", &jwt)]);
+    assert_eq!(code(&out, "auth"), SERVICE_ERR, "{out}");
+}

@@ -36,6 +36,9 @@ pub struct Args {
     pub grant_only: bool,
     /// `debug`: log every passed step to syslog.
     pub debug: bool,
+    /// `fault_panic` (fault-injection builds only): panic in authenticate.
+    #[cfg(feature = "fault-injection")]
+    pub fault_panic: bool,
 }
 
 impl Default for Args {
@@ -49,6 +52,8 @@ impl Default for Args {
             command: CommandMode::Auto,
             grant_only: false,
             debug: false,
+            #[cfg(feature = "fault-injection")]
+            fault_panic: false,
         }
     }
 }
@@ -101,6 +106,8 @@ pub fn parse(args: &[&str]) -> Result<Args, String> {
             "nonint" => out.nonint = true,
             "grant_only" => out.grant_only = true,
             "debug" => out.debug = true,
+            #[cfg(feature = "fault-injection")]
+            "fault_panic" => out.fault_panic = true,
             other => {
                 return Err(format!(
                     "unknown argument {}",
@@ -117,6 +124,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(not(feature = "fault-injection"))]
     fn defaults_and_values() {
         assert_eq!(parse(&[]), Ok(Args::default()));
         let a = parse(&[

@@ -296,6 +296,13 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
         Ok(a) => a,
         Err(code) => return code,
     };
+    #[cfg(feature = "fault-injection")]
+    if args.fault_panic {
+        #[allow(clippy::panic)]
+        {
+            panic!("fault injection: panic inside pam_sm_authenticate");
+        }
+    }
     let Some(token) = find_grant(pamh, &args) else {
         return PamResultCode::PAM_IGNORE;
     };
