@@ -269,7 +269,7 @@ fn parse_opts(args: &[OsString]) -> Result<Opts, Usage> {
         }
         // First non-option: the command. `VAR=value` is refused (sudo
         // would set an environment variable).
-        if bytes.contains(&b'=') && !bytes.contains(&b'/') {
+        if pam_openape::invocation::is_env_assignment(bytes) {
             return Err(usage(
                 "VAR=value arguments are not supported; configure [env] keep instead",
             ));
@@ -426,6 +426,8 @@ mod tests {
             &["--bogus", "id"],
             &["-x", "id"],
             &["FOO=bar", "id"],
+            &["LD_PRELOAD=/x.so", "id"],
+            &["_X=a/b", "id"],
             &["--grant", "a", "--grant-stdin", "id"],
             &["--non-interactive=yes", "id"],
             &["-u"],

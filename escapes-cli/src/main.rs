@@ -273,23 +273,27 @@ fn elevate_logged(
         ));
     }
 
-    let approved = verify::consume(verified, &token, cfg, &client, now_unix())?;
-    drop(client);
-    drop(token);
-
-    let rec = Record {
+    // The grant_run line is built now, and room for it reserved on disk,
+    // so a full disk refuses before the grant is used, not after.
+    let mut rec = Record {
         run_as: Some(target.name.clone()),
         cmd_hash: Some(command::cmd_hash(&argv)),
-        grant_id: Some(approved.verified.claims.grant_id.clone()),
-        grant_type: Some(approved.verified.claims.grant_type.as_str()),
-        agent: Some(approved.verified.claims.sub.clone()),
-        issuer: Some(approved.verified.claims.iss.clone()),
-        decided_by: approved.verified.claims.decided_by.clone(),
-        audience: Some(approved.verified.audience.clone()),
-        target_host: Some(approved.verified.claims.target_host.clone()),
+        grant_id: Some(verified.claims.grant_id.clone()),
+        grant_type: Some(verified.claims.grant_type.as_str()),
+        agent: Some(verified.claims.sub.clone()),
+        issuer: Some(verified.claims.iss.clone()),
+        decided_by: verified.claims.decided_by.clone(),
+        audience: Some(verified.audience.clone()),
+        target_host: Some(verified.claims.target_host.clone()),
         cwd,
         ..ctx.base("grant_run")
     };
+    ctx.audit.reserve_for(&rec)?;
+
+    let approved = verify::consume(verified, &token, cfg, &client, now_unix())?;
+    drop(client);
+    drop(token);
+    rec.ts = rfc3339_utc(now_unix());
     ctx.audit.append(&rec)?;
     run_approved(&approved, &program, opts, &env)
 }
@@ -514,7 +518,14 @@ fn read_grant(
             })?,
         },
     };
-    let token = raw.strip_suffix('\n').unwrap_or(&raw);
+    // One trailing newline is dropped from stdin and files only (what
+    // `echo`/editors add); a grant given any other way is taken as is.
+    let from_stream = matches!(opts.grant, Some(GrantSource::Stdin | GrantSource::File(_)));
+    let token = if from_stream {
+        raw.strip_suffix('\n').unwrap_or(&raw)
+    } else {
+        raw.as_str()
+    };
     if token.len() > MAX_TOKEN_LEN {
         return Err(too_big());
     }

@@ -126,6 +126,44 @@ impl AuditLog {
         })
     }
 
+    /// Make sure `record` (and some slack) will fit on the disk, before a
+    /// grant is used: the file is created with an inode even on a full
+    /// disk, but its line could then not be written after the consume.
+    /// Space past the end of the file is allocated without changing its
+    /// size (`fallocate(FALLOC_FL_KEEP_SIZE)`); where the file system cannot
+    /// do that, its free space is checked instead.
+    pub fn reserve_for(&self, record: &Record) -> Result<(), Denial> {
+        use nix::fcntl::{FallocateFlags, fallocate};
+        let len = serde_json::to_vec(record)
+            .map_err(|e| io_err(&self.path, e))?
+            .len() as u64
+            + 4096;
+        let end = self
+            .file
+            .metadata()
+            .map_err(|e| io_err(&self.path, e))?
+            .len();
+        let (Ok(off), Ok(n)) = (i64::try_from(end), i64::try_from(len)) else {
+            return Err(io_err(&self.path, "is too large"));
+        };
+        match fallocate(&self.file, FallocateFlags::FALLOC_FL_KEEP_SIZE, off, n) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EOPNOTSUPP) => {
+                let st =
+                    nix::sys::statvfs::fstatvfs(&self.file).map_err(|e| io_err(&self.path, e))?;
+                let free = st.blocks_available().saturating_mul(st.fragment_size());
+                if free < len {
+                    return Err(io_err(&self.path, "has no space left for the log line"));
+                }
+                Ok(())
+            }
+            Err(e) => Err(io_err(
+                &self.path,
+                format!("no space can be reserved for the log line ({e})"),
+            )),
+        }
+    }
+
     /// Append one record as one line with a single `write(2)`.
     pub fn append(&self, record: &Record) -> Result<(), Denial> {
         let mut line = serde_json::to_vec(record).map_err(|e| io_err(&self.path, e))?;

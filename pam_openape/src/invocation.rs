@@ -54,6 +54,18 @@ pub fn user_spec(s: &str) -> Result<UserSpec, String> {
     Ok(UserSpec::Name(s.to_string()))
 }
 
+/// Does `arg` have the shape `NAME=value` with a valid variable name? sudo
+/// takes such an argument before the command as an environment assignment,
+/// whatever the value (`LD_PRELOAD=/x.so` too).
+pub fn is_env_assignment(arg: &[u8]) -> bool {
+    let Some(eq) = arg.iter().position(|&b| b == b'=') else {
+        return false;
+    };
+    let name = arg.get(..eq).unwrap_or_default();
+    matches!(name.first(), Some(c) if *c == b'_' || c.is_ascii_alphabetic())
+        && name.iter().all(|c| *c == b'_' || c.is_ascii_alphanumeric())
+}
+
 /// What a sudo or su command line asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Invocation {
@@ -144,7 +156,7 @@ pub fn parse_sudo(argv: &[String]) -> Result<Invocation, String> {
     let Some(first) = cmd.first() else {
         return Err("no command given to sudo".into());
     };
-    if first.contains('=') && !first.starts_with('/') {
+    if is_env_assignment(first.as_bytes()) || (first.contains('=') && !first.starts_with('/')) {
         return Err("VAR=value before the command is not allowed with grants".into());
     }
     Ok(Invocation {
@@ -379,6 +391,7 @@ mod tests {
             &["sudo"],
             &["sudo", "-n"],
             &["sudo", "FOO=bar", "id"],
+            &["sudo", "LD_PRELOAD=/tmp/x.so", "id"],
             &["x ) 1 2", "id"],
             &[],
         ] {

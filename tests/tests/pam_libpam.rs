@@ -53,7 +53,10 @@ impl Pam {
             .env("PAMD_SERVICE", service)
             .env("PAMD_CONFDIR", self.sb.path("pam.d"))
             .env("PAMD_USER", "root")
-            .env("PAMD_RUSER", "root");
+            .env("PAMD_RUSER", "root")
+            // A ceiling only (the 1,000-cycle run on a loaded machine);
+            // rows with a time bound assert it themselves.
+            .timeout(std::time::Duration::from_secs(120));
         for (k, v) in env {
             r = r.env(k, v);
         }

@@ -344,6 +344,18 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
                 }
             },
         )?;
+        // Room for the grant_run line is reserved before the grant is used.
+        let c = &verified.claims;
+        audit.reserve_for(&Record {
+            event: "grant_run",
+            cmd_hash: argv.as_deref().map(crate::command::cmd_hash),
+            grant_id: Some(c.grant_id.clone()),
+            agent: Some(c.sub.clone()),
+            issuer: Some(c.iss.clone()),
+            decided_by: c.decided_by.clone(),
+            target_host: Some(c.target_host.clone()),
+            ..rec.clone()
+        })?;
         let approved = verify::consume(verified, &token, &cfg, &client, now_unix())?;
         Ok((approved, target, argv))
     })();
