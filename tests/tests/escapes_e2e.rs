@@ -1492,3 +1492,84 @@ fn the_http_timeout_bounds_all_requests_together() {
         out.elapsed
     );
 }
+
+/// GHSA-q428-6v73-fc4q class: a grant half typed at the no-echo prompt,
+/// then Ctrl-C: nothing of it appears on the terminal, and the terminal's
+/// echo is on again afterwards. Driven through a real terminal (tmux).
+#[test]
+fn interrupted_prompt_echoes_nothing_and_restores_the_terminal() {
+    let Some(t) = setup("prompt-sigint") else {
+        return;
+    };
+    if !std::path::Path::new("/usr/bin/tmux").exists() {
+        eprintln!("skipped: tmux is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let session = format!("openape-e2e-{}", std::process::id());
+    let tmux = |args: &[&str]| Run::new("/usr/bin/tmux").args(args).output();
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "40",
+        &format!(
+            "setpriv --reuid={0} --regid={0} --init-groups -- /bin/sh",
+            t.user.name
+        ),
+    ]);
+    assert_eq!(started.code, 0, "{started}");
+    let send = |keys: &[&str]| {
+        let mut a = vec!["send-keys", "-t", session.as_str()];
+        a.extend_from_slice(keys);
+        tmux(&a)
+    };
+    let screen = || tmux(&["capture-pane", "-p", "-t", &session]).stdout;
+    let wait_for = |needle: &str| {
+        for _ in 0..100 {
+            if screen().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    send(&[
+        &format!(
+            "{} --config {} -- id",
+            t.sb.escapes().display(),
+            t.sb.config_path().display()
+        ),
+        "Enter",
+    ]);
+    assert!(wait_for("OpenApe grant:"), "no prompt:\n{}", screen());
+    send(&["eyJhalfTypedSecret"]);
+    std::thread::sleep(Duration::from_millis(200));
+    send(&["C-c"]);
+    assert!(
+        wait_for("interrupted"),
+        "escapes did not stop:\n{}",
+        screen()
+    );
+    send(&["stty -a | tr ' ' '\\n' | grep -x -- '-*echo'", "Enter"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let text = screen();
+    let _ = tmux(&["kill-session", "-t", &session]);
+    assert!(
+        !text.contains("halfTyped"),
+        "typed characters were echoed:\n{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.trim() == "echo"),
+        "echo not restored:\n{text}"
+    );
+    let l = t.sb.last_audit();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("grant")),
+        "{l}"
+    );
+}
