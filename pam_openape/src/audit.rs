@@ -120,6 +120,12 @@ impl AuditLog {
                 "must be owned by root and writable by nobody else",
             ));
         }
+        // A setuid process creates files with the caller's group: give a
+        // root-owned log root's group.
+        if owner == 0 && meta.gid() != 0 {
+            nix::unistd::fchown(&file, None, Some(nix::unistd::Gid::from_raw(0)))
+                .map_err(|e| io_err(path, format!("cannot set its group to root: {e}")))?;
+        }
         Ok(AuditLog {
             file,
             path: path.to_path_buf(),

@@ -1573,3 +1573,19 @@ fn interrupted_prompt_echoes_nothing_and_restores_the_terminal() {
         "{l}"
     );
 }
+
+/// The audit log that a user's run creates is root:root 0600 (a setuid
+/// process would otherwise create it with the caller's group).
+#[test]
+fn the_audit_log_a_user_creates_is_root_root_0600() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(t) = setup("audit-owner") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+    let m = std::fs::metadata(t.sb.audit_path()).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 0, 0o600));
+}
