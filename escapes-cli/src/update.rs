@@ -301,6 +301,12 @@ fn update(o: &Opts) -> Result<(), String> {
         ));
     }
     let target = running_binary()?;
+    if let Some(pkg) = dpkg_owner(&target) {
+        return Err(format!(
+            "{} belongs to the package {pkg}: upgrade the package instead (apt install ./openape-escapes_<version>_amd64.deb); replacing it here would leave dpkg's record stale",
+            target.display()
+        ));
+    }
     install(&client, &m, &target)?;
     crate::sys::syslog_change(&format!(
         "{} updated from {OURS} to {} (sha256 {})",
@@ -315,6 +321,25 @@ fn update(o: &Opts) -> Result<(), String> {
         m.sha256
     );
     Ok(())
+}
+
+/// The dpkg package that lists `path` among its files, if any.
+fn dpkg_owner(path: &std::path::Path) -> Option<String> {
+    let want = path.to_string_lossy();
+    let dir = std::fs::read_dir("/var/lib/dpkg/info").ok()?;
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pkg) = name.strip_suffix(".list") else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if text.lines().any(|l| l == want) {
+            return Some(pkg.to_string());
+        }
+    }
+    None
 }
 
 /// The running binary's real path, in a directory only root can write.

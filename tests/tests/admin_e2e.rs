@@ -942,3 +942,53 @@ fn update_on_a_full_disk_leaves_the_old_binary() {
     assert_eq!(snap(&bin), before);
     assert_eq!(leftovers(&dir, &["escapes"]), Vec::<String>::new());
 }
+
+/// A binary that dpkg lists as a package's file is not replaced: the
+/// package manager owns it. Run in a private mount namespace where
+/// /var/lib/dpkg/info holds one .list naming the sandbox's escapes.
+#[test]
+fn update_refuses_a_binary_owned_by_a_package() {
+    let Some(w) = setup("update-dpkg") else {
+        return;
+    };
+    if !Path::new("/var/lib/dpkg/info").is_dir() {
+        eprintln!("skipped: no /var/lib/dpkg/info (not a dpkg system)");
+        return;
+    }
+    w.release("99.0.0", small_release(), "");
+    let info = w.sb.path("dpkg-info");
+    std::fs::create_dir(&info).unwrap();
+    let list = format!("/.\n/usr\n{}\n", w.sb.escapes().display());
+    w.sb.write_file(
+        "dpkg-info/openape-escapes.list",
+        list.as_bytes(),
+        0,
+        0,
+        0o644,
+    );
+    let before = snap(&w.sb.escapes());
+    let script = format!(
+        "mount --bind {} /var/lib/dpkg/info && exec {} update --config {} --manifest-url {}",
+        info.display(),
+        w.sb.escapes().display(),
+        w.sb.config_path().display(),
+        w.idp.release_manifest_url()
+    );
+    let out = output(Run::new("/usr/bin/unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(
+        out.stderr
+            .contains("belongs to the package openape-escapes"),
+        "{out}"
+    );
+    w.assert_untouched(&before, &out);
+    assert_eq!(w.idp.request_count("/_test/release/bin"), 0);
+}
