@@ -18,7 +18,9 @@
 //! * the sudo/su parsers accept only the documented subset, the command they
 //!   return is the tail of the command line, no `#-1`-class uid gets through;
 //! * a refusal's message, which reaches a terminal, syslog and the audit
-//!   log, has no control characters and a bounded length.
+//!   log, has no control characters and a bounded length;
+//! * what is accepted as a JWS header, a claims set, a JWKS or a consume
+//!   answer is a JSON object (serde would also read a struct from an array).
 //!
 //! The `token` target must get past the signature (step 4) to reach steps
 //! 5–11, so it signs with a fixed Ed25519 test key. That key is public (it
@@ -316,6 +318,29 @@ pub fn token(data: &[u8]) {
     let claims = match parsed {
         Ok(p) => {
             assert!(text.len() <= token::MAX_TOKEN_LEN);
+            // RFC 7515/7519: the header and the claims set are JSON
+            // objects (serde would also read a struct from an array).
+            let mut parts = text.split('.');
+            let mut json = Vec::new();
+            for what in ["header", "claims"] {
+                json = parts
+                    .next()
+                    .and_then(|seg| URL_SAFE_NO_PAD.decode(seg).ok())
+                    .unwrap_or_default();
+                assert!(
+                    is_json_object(&json),
+                    "{what} that is not a JSON object accepted"
+                );
+            }
+            if p.claims.execution_context.is_some()
+                && let Some(v) = lenient_json(&json)
+            {
+                assert!(
+                    v.get("execution_context")
+                        .is_some_and(serde_json::Value::is_object),
+                    "execution_context that is not a JSON object accepted"
+                );
+            }
             assert!(p.fingerprint.len() == 8);
             assert!(text.starts_with(&p.signing_input));
             Some(p.claims)
@@ -861,19 +886,31 @@ pub fn idp_responses(data: &[u8]) {
     jwks_answer(body);
 }
 
+/// Does this JSON text start with `{` (after whitespace)?
+fn is_json_object(json: &[u8]) -> bool {
+    json.trim_ascii_start().first() == Some(&b'{')
+}
+
+/// The JSON as a value, read like serde reads ignored fields (without
+/// checking their UTF-8); `None` if it is not JSON.
+fn lenient_json(json: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_str(&String::from_utf8_lossy(json)).ok()
+}
+
 fn consume_answer(status: u16, gt: GrantType, body: &[u8]) {
     match verify::judge_consume(status, body, gt) {
         Ok(s) => {
             assert_eq!(status, 200, "success under HTTP {status}");
             assert!(
+                is_json_object(body),
+                "success from a body that is not an object"
+            );
+            assert!(
                 s == "consumed" || (s == "valid" && gt != GrantType::Once),
                 "success {s:?} for a {} grant",
                 gt.as_str()
             );
-            // serde skips ignored fields without checking their UTF-8, so
-            // read the body the same way before looking at it.
-            let text = String::from_utf8_lossy(body);
-            let v: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+            let v = lenient_json(body);
             assert!(
                 v.as_ref()
                     .and_then(|v| v.get("status"))
@@ -898,6 +935,19 @@ fn jwks_answer(body: &[u8]) {
     let set = jwks::parse_jwks(body);
     let mut kids: Vec<String> = vec![KID.to_string()];
     if let Ok(set) = &set {
+        assert!(
+            is_json_object(body),
+            "JWKS that is not a JSON object accepted"
+        );
+        // Every entry of `keys` was read as a key, so each must be an object.
+        if let Some(v) = lenient_json(body) {
+            assert!(
+                v.get("keys")
+                    .and_then(serde_json::Value::as_array)
+                    .is_some_and(|ks| ks.iter().all(serde_json::Value::is_object)),
+                "JWKS key that is not a JSON object accepted"
+            );
+        }
         for k in &set.keys {
             let raw = URL_SAFE_NO_PAD.decode(&k.x).unwrap_or_default();
             assert_eq!(

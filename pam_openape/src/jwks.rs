@@ -35,7 +35,7 @@ pub struct Key {
 
 #[derive(Deserialize)]
 struct RawJwks {
-    keys: Vec<RawJwk>,
+    keys: Vec<crate::token::Obj<RawJwk>>,
 }
 
 #[derive(Deserialize)]
@@ -59,15 +59,15 @@ pub struct KeySet {
 
 /// Parse a JWKS document; keep only well-formed Ed25519 signing keys.
 pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
-    let raw: RawJwks = serde_json::from_slice(bytes)
-        .map_err(|_| "JWKS is not valid JSON with a keys array".to_string())?;
+    let raw: RawJwks = crate::token::parse_object(bytes)
+        .map_err(|_| "JWKS is not a JSON object with a keys array".to_string())?;
     let mut set = KeySet::default();
-    for k in raw.keys {
+    for crate::token::Obj(k) in raw.keys {
         let Some(kid) = k.kid else { continue };
         let why = if k.kty.as_deref() != Some("OKP") {
             Some(format!(
                 "key type {} is not OKP",
-                k.kty.as_deref().unwrap_or("(none)")
+                sanitize(k.kty.as_deref().unwrap_or("(none)"), 20)
             ))
         } else if k.crv.as_deref() != Some("Ed25519") {
             Some("curve is not Ed25519".to_string())

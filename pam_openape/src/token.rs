@@ -102,7 +102,7 @@ pub struct Claims {
     pub command: Option<Vec<String>>,
     #[serde(default, deserialize_with = "some")]
     pub cmd_hash: Option<String>,
-    #[serde(default, deserialize_with = "some")]
+    #[serde(default, deserialize_with = "some_object")]
     pub execution_context: Option<ExecutionContext>,
     #[serde(default, deserialize_with = "some")]
     pub permissions: Option<Vec<String>>,
@@ -115,6 +115,49 @@ fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T
 
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// Deserialize `T` only from a JSON object. serde's derive also reads a
+/// struct from an array by position (`["EdDSA","kid"]` as a header,
+/// `["consumed"]` as a consume answer): everything we parse from a token or
+/// the IdP must be an object, so that form is refused. Duplicate keys are
+/// still refused by the derived code.
+pub fn object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_map(V(std::marker::PhantomData))
+}
+
+/// [`object`], for an optional field (present means an object).
+fn some_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    object(d).map(Some)
+}
+
+/// A value that must be a JSON object (for elements of arrays).
+pub struct Obj<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        object(d).map(Obj)
+    }
+}
+
+/// Parse a whole JSON document that must be an object.
+pub fn parse_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = object(&mut de)?;
+    de.end()?;
+    Ok(value)
 }
 
 /// A token taken apart, not yet trusted.
@@ -176,7 +219,7 @@ pub fn parse(token: &str) -> Result<Parsed, Denial> {
     let header_bytes = URL_SAFE_NO_PAD
         .decode(h)
         .map_err(|_| refuse("grant header is not valid base64url"))?;
-    let header: Header = serde_json::from_slice(&header_bytes).map_err(|e| {
+    let header: Header = parse_object(&header_bytes).map_err(|e| {
         refuse(format!(
             "grant header is not valid: {}",
             sanitize(&e.to_string(), 120)
@@ -209,7 +252,7 @@ pub fn parse(token: &str) -> Result<Parsed, Denial> {
     let payload = URL_SAFE_NO_PAD
         .decode(p)
         .map_err(|_| refuse("grant payload is not valid base64url"))?;
-    let claims: Claims = serde_json::from_slice(&payload).map_err(|e| {
+    let claims: Claims = parse_object(&payload).map_err(|e| {
         refuse(format!(
             "grant claims are not an OpenApe grant: {}",
             sanitize(&e.to_string(), 160)
@@ -332,6 +375,17 @@ mod tests {
                 "missing {k}"
             );
         }
+    }
+
+    #[test]
+    fn refuses_arrays_where_objects_belong() {
+        let h = URL_SAFE_NO_PAD.encode(r#"["EdDSA","k"]"#);
+        let p = b64(&claims());
+        assert!(parse(&format!("{h}.{p}.c2ln")).is_err());
+        let h = b64(&json!({"alg":"EdDSA","kid":"k"}));
+        let mut c = claims();
+        c["execution_context"] = json!([["id"], "SHA-256:00"]);
+        assert!(parse(&format!("{h}.{}.c2ln", b64(&c))).is_err());
     }
 
     #[test]

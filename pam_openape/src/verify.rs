@@ -255,7 +255,7 @@ pub fn check_time(c: &Claims, skew: i64, now: i64) -> Result<(), Denial> {
     if now > c.exp.saturating_add(skew) {
         return Err(refuse(
             Step::Time,
-            format!("grant expired {} s ago", now - c.exp),
+            format!("grant expired {} s ago", now.saturating_sub(c.exp)),
         ));
     }
     if let Some(nbf) = c.nbf
@@ -263,7 +263,10 @@ pub fn check_time(c: &Claims, skew: i64, now: i64) -> Result<(), Denial> {
     {
         return Err(refuse(
             Step::Time,
-            format!("grant is not valid for another {} s (nbf)", nbf - now),
+            format!(
+                "grant is not valid for another {} s (nbf)",
+                nbf.saturating_sub(now)
+            ),
         ));
     }
     if let Some(iat) = c.iat {
@@ -302,7 +305,7 @@ fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T
 
 /// How the consume answer decides. Pure, so it is tested on its own.
 pub fn judge_consume(status: u16, body: &[u8], grant_type: GrantType) -> Result<String, Denial> {
-    let answer: Option<ConsumeAnswer> = serde_json::from_slice(body).ok();
+    let answer: Option<ConsumeAnswer> = crate::token::parse_object(body).ok();
     if let Some(err) = answer.as_ref().and_then(|a| a.error.as_deref()) {
         let why = match err {
             "already_consumed" => "this once-grant was already used",
@@ -437,6 +440,9 @@ mod tests {
             .is_err()
         );
         assert!(judge_consume(201, br#"{"status":"consumed"}"#, GrantType::Once).is_err());
+        // An array is not an answer object (serde would read it by position).
+        assert!(judge_consume(200, br#"["consumed"]"#, GrantType::Once).is_err());
+        assert!(judge_consume(200, br#"["valid"]"#, GrantType::Timed).is_err());
     }
 
     #[test]
