@@ -280,6 +280,47 @@ fn parse_opts(args: &[OsString]) -> Result<Opts, Usage> {
     Ok(opts)
 }
 
+/// The options of a subcommand (`trust`, `update`), in order, as
+/// (name, value): `--name value` and `--name=value` for the names in
+/// `with_value`, bare flags otherwise. Arguments must be UTF-8.
+pub fn subcommand_options(
+    args: &[OsString],
+    with_value: &[&str],
+) -> Result<Vec<(String, Option<String>)>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(arg) = args.get(i) {
+        let text = arg
+            .to_str()
+            .ok_or_else(|| "arguments must be valid UTF-8".to_string())?;
+        let (name, inline) = match text.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+            _ => (text, None),
+        };
+        let value = if with_value.contains(&name) {
+            match inline {
+                Some(v) => Some(v),
+                None => {
+                    i += 1;
+                    let v = args.get(i).and_then(|v| v.to_str());
+                    Some(
+                        v.ok_or_else(|| format!("option {name} needs a value"))?
+                            .to_string(),
+                    )
+                }
+            }
+        } else {
+            if inline.is_some() {
+                return Err(format!("option {name} takes no value"));
+            }
+            None
+        };
+        out.push((name.to_string(), value));
+        i += 1;
+    }
+    Ok(out)
+}
+
 pub use pam_openape::invocation::UserSpec;
 
 /// A user given with `-u` (see [`pam_openape::invocation::user_spec`]).

@@ -67,36 +67,10 @@ struct Opts {
 /// Split `--name=value` / `--name value`.
 fn parse(args: &[OsString]) -> Result<Opts, String> {
     let mut o = Opts::default();
-    let mut i = 0;
-    while let Some(arg) = args.get(i) {
-        let text = arg
-            .to_str()
-            .ok_or_else(|| "arguments must be valid UTF-8".to_string())?;
-        let (name, inline) = match text.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
-            _ => (text, None),
-        };
-        let takes_value = matches!(name, "--config" | "--idp" | "--approvers");
-        let value = if takes_value {
-            match inline {
-                Some(v) => Some(v),
-                None => {
-                    i += 1;
-                    Some(
-                        args.get(i)
-                            .and_then(|v| v.to_str())
-                            .ok_or_else(|| format!("option {name} needs a value"))?
-                            .to_string(),
-                    )
-                }
-            }
-        } else {
-            if inline.is_some() {
-                return Err(format!("option {name} takes no value"));
-            }
-            None
-        };
-        match (name, value) {
+    for (name, value) in
+        crate::cli::subcommand_options(args, &["--config", "--idp", "--approvers"])?
+    {
+        match (name.as_str(), value) {
             ("--config", Some(v)) => {
                 if o.config.is_some() {
                     return Err("give --config only once".into());
@@ -110,7 +84,6 @@ fn parse(args: &[OsString]) -> Result<Opts, String> {
             ("-h" | "--help", None) => o.help = true,
             (other, _) => return Err(format!("unknown argument {other}")),
         }
-        i += 1;
     }
     Ok(o)
 }
