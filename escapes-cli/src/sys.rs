@@ -73,6 +73,19 @@ pub fn caller() -> Result<Caller, String> {
     })
 }
 
+/// For subcommands that change the trust root or the binary: the REAL uid
+/// must be 0 (a user running the setuid binary has euid 0 but must never
+/// choose who may approve root, nor replace the binary). `Err` is the uid
+/// that asked, for the caller's message.
+pub fn require_real_root() -> Result<(), Uid> {
+    let uid = Uid::current();
+    if uid.is_root() && Uid::effective().is_root() {
+        Ok(())
+    } else {
+        Err(uid)
+    }
+}
+
 pub fn euid_is_root() -> bool {
     Uid::effective().is_root()
 }

@@ -122,10 +122,7 @@ pub fn run(args: &[OsString]) -> i32 {
         print!("{HELP}");
         return 0;
     }
-    // The REAL uid: a user running the setuid binary has euid 0 but must
-    // never be able to choose who may approve root on this host.
-    let uid = nix::unistd::getuid();
-    if !uid.is_root() || !nix::unistd::geteuid().is_root() {
+    if let Err(uid) = crate::sys::require_real_root() {
         say(&format!(
             "escapes trust changes who may grant root on this host and must be run by root (you are uid {uid}); try: sudo escapes trust ..."
         ));

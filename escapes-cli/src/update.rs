@@ -184,8 +184,7 @@ pub fn run(args: &[OsString]) -> i32 {
         print!("{HELP}");
         return 0;
     }
-    let uid = nix::unistd::getuid();
-    if !uid.is_root() || !nix::unistd::geteuid().is_root() {
+    if let Err(uid) = crate::sys::require_real_root() {
         say(&format!(
             "escapes update replaces a setuid-root binary and must be run by root (you are uid {uid}); try: sudo escapes update"
         ));
