@@ -8,6 +8,8 @@
 //! consume the grant, log, drop privileges, exec. Every refusal on the way
 //! writes a `denied` audit line and exits with the code from DESIGN.md.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod atomic;
 mod cli;
 mod env;
@@ -38,14 +40,35 @@ use cli::{Action, GrantSource, Opts, UserSpec};
 const ROOT: u32 = 0;
 
 fn main() {
-    // First thing: nothing of the caller's environment stays in ours.
+    // First thing: nothing of the caller's environment stays in ours, and
+    // nothing of the caller's umask, limits or signal state either.
     let snapshot = sys::take_environment();
+    let state = sys::take_process_state();
     let args: Vec<OsString> = std::env::args_os().collect();
-    std::process::exit(run(args, snapshot));
+    std::process::exit(run(args, snapshot, &state));
 }
 
+/// Standard output that never panics (a closed or full pipe is ignored).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+pub(crate) use outln;
+
+/// Standard output without a newline, never panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+pub(crate) use out;
+
 fn say(msg: &str) {
-    eprintln!("escapes: {msg}");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "escapes: {msg}");
 }
 
 /// A refusal: to the terminal and to syslog (the audit log gets its own
@@ -55,7 +78,7 @@ fn refuse(msg: &str) {
     sys::syslog_refusal(msg);
 }
 
-fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>) -> i32 {
+fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>, state: &sys::CallerState) -> i32 {
     // argc == 0 (or an empty argv[0], which the kernel makes of it) is how
     // PwnKit smuggled environment variables back in: refuse outright.
     match args.first() {
@@ -80,16 +103,16 @@ fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>) -> i32 {
     };
     match action {
         Action::Help => {
-            print!("{}", cli::HELP);
+            out!("{}", cli::HELP);
             0
         }
         Action::Version => {
-            println!("escapes {}", env!("CARGO_PKG_VERSION"));
+            outln!("escapes {}", env!("CARGO_PKG_VERSION"));
             0
         }
         Action::Trust(args) => trust::run(&args),
         Action::Update(args) => update::run(&args),
-        Action::Run(opts) => elevate(&opts, &snapshot),
+        Action::Run(opts) => elevate(&opts, &snapshot, state),
         Action::Verify(opts) => dry_run(&opts, &snapshot),
     }
 }
@@ -149,17 +172,27 @@ fn load_config(opts: &Opts) -> Result<Config, i32> {
         );
         return Err(1);
     }
-    let path = opts
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    // Like sudo: only the real root may pick the policy. Everyone else gets
+    // the default file, never another root-owned one (an old copy, a
+    // PAM-only config, a device).
+    let path = match &opts.config {
+        Some(p) if !nix::unistd::getuid().is_root() => {
+            say(&format!(
+                "--config {}: only root may choose the configuration; without it {DEFAULT_CONFIG_PATH} is used",
+                p.display()
+            ));
+            return Err(2);
+        }
+        Some(p) => p.clone(),
+        None => PathBuf::from(DEFAULT_CONFIG_PATH),
+    };
     Config::load(&path, ROOT).map_err(|e| {
         refuse(&e.reason);
         e.exit_code()
     })
 }
 
-fn elevate(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
+fn elevate(opts: &Opts, snapshot: &[(OsString, OsString)], state: &sys::CallerState) -> i32 {
     let cfg = match load_config(opts) {
         Ok(c) => c,
         Err(code) => return code,
@@ -182,7 +215,7 @@ fn elevate(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
         cfg,
         audit,
     };
-    match elevate_logged(opts, snapshot, &mut ctx) {
+    match elevate_logged(opts, snapshot, state, &mut ctx) {
         Ok(never) => match never {},
         Err(d) => ctx.deny(&d),
     }
@@ -193,6 +226,7 @@ enum Never {}
 fn elevate_logged(
     opts: &Opts,
     snapshot: &[(OsString, OsString)],
+    state: &sys::CallerState,
     ctx: &mut Ctx,
 ) -> Result<Never, Denial> {
     let caller = sys::caller().map_err(|e| Denial::new(Step::Caller, Kind::Io, e))?;
@@ -240,10 +274,6 @@ fn elevate_logged(
             command: &opts.command,
         },
     );
-    let cwd = std::env::current_dir()
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-
     // Become the target now, before the grant is used: a directory or
     // program the target cannot use is found while the grant is still
     // unspent, and the network step below runs without root (unless root
@@ -265,6 +295,10 @@ fn elevate_logged(
             )
         })?;
     }
+    // Where the command really runs (after -D), for the audit line.
+    let cwd = std::env::current_dir()
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
     if nix::unistd::access(program.as_path(), nix::unistd::AccessFlags::X_OK).is_err() {
         return Err(Denial::new(
             Step::Exec,
@@ -295,18 +329,21 @@ fn elevate_logged(
     drop(token);
     rec.ts = rfc3339_utc(now_unix());
     ctx.audit.append(&rec)?;
-    run_approved(&approved, &program, opts, &env)
+    run_approved(&approved, &program, opts, &env, state, cfg.umask)
 }
 
 /// The one place that executes. Identity was changed before consume.
-/// For a target other than root with a terminal on stdio, the command runs
-/// detached from the controlling terminal (no TIOCSTI into the caller's
-/// shell); otherwise escapes replaces itself with it.
+/// For a target other than root, when the caller has a controlling
+/// terminal (even with every fd piped) or a terminal on stdio, the command
+/// runs detached from it (no TIOCSTI into the caller's shell); otherwise
+/// escapes replaces itself with it.
 fn run_approved(
     approved: &Approved,
     program: &Path,
     opts: &Opts,
     env: &[(OsString, OsString)],
+    state: &sys::CallerState,
+    umask: u32,
 ) -> Result<Never, Denial> {
     if !approved.allows() || approved.verdict != Verdict::Allow {
         return Err(Denial::refused(Step::Exec, "internal error: no approval"));
@@ -323,8 +360,8 @@ fn run_approved(
             format!("cannot execute {}: {}", program.display(), err.desc()),
         )
     };
-    let prepared = sys::prepare(program, &opts.command, env).map_err(failed)?;
-    if !nix::unistd::Uid::effective().is_root() && sys::stdio_is_tty() {
+    let prepared = sys::prepare(program, &opts.command, env, state, umask).map_err(failed)?;
+    if !nix::unistd::Uid::effective().is_root() && (state.has_ctty || sys::stdio_is_tty()) {
         let code = sys::run_detached(&prepared).map_err(failed)?;
         std::process::exit(code);
     }
@@ -567,7 +604,7 @@ fn dry_run(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
         let requested = requested_user(opts)?;
         let argv = utf8_argv(&opts.command)?;
         let token = read_grant(opts, snapshot, &caller)?;
-        println!(
+        outln!(
             "checking grant {} against {}",
             fingerprint(&token),
             cfg.path.display()
@@ -580,7 +617,7 @@ fn dry_run(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
             argv: (!argv.is_empty()).then_some(argv.as_slice()),
         };
         let mut report = |step: Step, what: String| {
-            println!(
+            outln!(
                 "  ok    {:<12} {}",
                 step.name(),
                 pam_openape::error::sanitize(&what, 200)
@@ -596,15 +633,17 @@ fn dry_run(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
             &mut report,
         )?;
         let target = target_user(&verified, requested)?;
-        println!(
+        outln!(
             "  ok    {:<12} {} (uid {})",
-            "user", target.name, target.uid
+            "user",
+            target.name,
+            target.uid
         );
         if !opts.command.is_empty() {
             let program = resolve_program(&opts.command, &cfg.secure_path)?;
-            println!("  ok    {:<12} {}", "program", program.display());
+            outln!("  ok    {:<12} {}", "program", program.display());
         }
-        println!(
+        outln!(
             "  skip  {:<12} dry run: nothing consumed, nothing run",
             "consume"
         );
@@ -612,11 +651,11 @@ fn dry_run(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
     })();
     match result {
         Ok(()) => {
-            println!("grant passes every local check");
+            outln!("grant passes every local check");
             0
         }
         Err(d) => {
-            println!("  FAIL  {:<12} {}", d.step.name(), d.reason);
+            outln!("  FAIL  {:<12} {}", d.step.name(), d.reason);
             say(&d.reason);
             d.exit_code()
         }

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
@@ -14,15 +15,135 @@ use nix::sys::termios::{self, LocalFlags, SetArg};
 use nix::unistd::{Gid, Uid, User};
 
 /// Take the whole environment and clear it. Must run first thing in
-/// `main`, before any thread exists.
+/// `main`, before any thread exists. Entries that are not `NAME=value`
+/// with a non-empty name (`=X`, `==`, no `=` at all) are dropped, never
+/// passed on and never able to make this panic.
 pub fn take_environment() -> Vec<(OsString, OsString)> {
-    let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    for (k, _) in &vars {
-        // SAFETY: called at the start of main while the process has exactly
-        // one thread, so no other thread can read the environment meanwhile.
-        unsafe { std::env::remove_var(k) };
-    }
+    let vars: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !k.is_empty() && !k.as_encoded_bytes().contains(&b'='))
+        .collect();
+    // SAFETY: called at the start of main while the process has exactly
+    // one thread, so no other thread can read the environment meanwhile;
+    // clearenv takes no arguments.
+    unsafe { libc::clearenv() };
     vars
+}
+
+/// The process state a caller hands a setuid program and that escapes
+/// resets: umask, resource limits, signal dispositions and mask. What the
+/// caller had is kept here and given back to the command where sudo does
+/// (limits), or replaced by a safe rule (umask, signals).
+pub struct CallerState {
+    /// The caller's umask.
+    pub umask: u32,
+    /// The caller's limits, as (resource, soft, hard).
+    limits: Vec<(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)>,
+    /// The caller has a controlling terminal (whatever fds 0-2 are).
+    pub has_ctty: bool,
+}
+
+/// Limits lifted for escapes itself, so that a caller's `ulimit` can never
+/// stop a line from being logged or a consumed grant from running (sudo
+/// lifts the same set). `RLIMIT_CORE` goes to 0 instead: no core file of
+/// a privileged process.
+const LIFTED: [libc::__rlimit_resource_t; 8] = [
+    libc::RLIMIT_AS,
+    libc::RLIMIT_CPU,
+    libc::RLIMIT_DATA,
+    libc::RLIMIT_FSIZE,
+    libc::RLIMIT_NOFILE,
+    libc::RLIMIT_NPROC,
+    libc::RLIMIT_RSS,
+    libc::RLIMIT_STACK,
+];
+
+fn get_limit(res: libc::__rlimit_resource_t) -> Option<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the local we pass.
+    (unsafe { libc::getrlimit(res, &mut lim) } == 0).then_some(lim)
+}
+
+fn set_limit(res: libc::__rlimit_resource_t, cur: libc::rlim_t, max: libc::rlim_t) -> bool {
+    let lim = libc::rlimit {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
+    // SAFETY: setrlimit reads one rlimit from the local we pass; it is
+    // async-signal-safe (a plain system call).
+    unsafe { libc::setrlimit(res, &lim) == 0 }
+}
+
+/// Reset what the caller controls, first thing after the environment:
+/// umask 077 for escapes' own files, limits lifted (see [`LIFTED`]), core
+/// files off, every signal at its default except SIGPIPE (ignored, so a
+/// closed pipe is an error, not a silent death before a log line), an
+/// empty signal mask; and find out whether the caller has a controlling
+/// terminal.
+pub fn take_process_state() -> CallerState {
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let umask = unsafe { libc::umask(0o077) };
+    let mut limits = Vec::new();
+    for res in LIFTED.into_iter().chain([libc::RLIMIT_CORE]) {
+        if let Some(l) = get_limit(res) {
+            limits.push((res, l.rlim_cur, l.rlim_max));
+        }
+    }
+    for res in LIFTED {
+        if !set_limit(res, libc::RLIM_INFINITY, libc::RLIM_INFINITY) {
+            // RLIMIT_NOFILE cannot be unlimited: take the highest the
+            // kernel allows, else at least the hard limit.
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|t| t.trim().parse::<libc::rlim_t>().ok())
+                .unwrap_or(1 << 20);
+            if !set_limit(res, nr_open, nr_open)
+                && let Some(l) = get_limit(res)
+            {
+                set_limit(res, l.rlim_max, l.rlim_max);
+            }
+        }
+    }
+    if let Some(l) = get_limit(libc::RLIMIT_CORE) {
+        set_limit(libc::RLIMIT_CORE, 0, l.rlim_max);
+    }
+    reset_signals(libc::SIG_IGN);
+    let has_ctty = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open("/dev/tty")
+        .is_ok();
+    CallerState {
+        umask,
+        limits,
+        has_ctty,
+    }
+}
+
+/// Every catchable signal to its default action (SIGPIPE to `pipe`), and
+/// an empty signal mask. Only system calls: safe after fork.
+fn reset_signals(pipe: libc::sighandler_t) {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let handler = if sig == libc::SIGPIPE {
+            pipe
+        } else {
+            libc::SIG_DFL
+        };
+        // SAFETY: installs SIG_DFL or SIG_IGN (no Rust handler runs); the
+        // signals the C library reserves answer EINVAL, which is ignored.
+        unsafe { libc::signal(sig, handler) };
+    }
+    // SAFETY: sigemptyset fills a local set; sigprocmask reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
 }
 
 /// One line to syslog (authpriv), tagged `escapes[pid]`, with the real
@@ -294,12 +415,18 @@ pub struct Prepared {
     path: CString,
     args: Vec<CString>,
     envs: Vec<CString>,
+    /// The command's umask: the caller's with the configured bits added.
+    umask: libc::mode_t,
+    /// The caller's limits, given back to the command (as sudo does).
+    limits: Vec<(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)>,
 }
 
 pub fn prepare(
     path: &std::path::Path,
     argv: &[OsString],
     env: &[(OsString, OsString)],
+    caller: &CallerState,
+    umask: u32,
 ) -> Result<Prepared, nix::errno::Errno> {
     let to_c = |v: Vec<u8>| CString::new(v).map_err(|_| nix::errno::Errno::EINVAL);
     let path = to_c(path.as_os_str().to_owned().into_vec())?;
@@ -316,11 +443,26 @@ pub fn prepare(
             to_c(kv)
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Prepared { path, args, envs })
+    Ok(Prepared {
+        path,
+        args,
+        envs,
+        umask: (caller.umask | umask) & 0o777,
+        limits: caller.limits.clone(),
+    })
 }
 
-/// Replace the process image. Returns only on failure.
+/// Replace the process image. Returns only on failure. Right before the
+/// exec the command gets its process state: the umask rule, the caller's
+/// limits, default signal dispositions and an empty mask. Only system
+/// calls: safe in a forked child.
 pub fn exec(p: &Prepared) -> nix::errno::Errno {
+    // SAFETY: umask only swaps the process's file-creation mask.
+    unsafe { libc::umask(p.umask) };
+    for &(res, cur, max) in &p.limits {
+        set_limit(res, cur, max);
+    }
+    reset_signals(libc::SIG_DFL);
     match nix::unistd::execve(&p.path, &p.args, &p.envs) {
         Err(e) => e,
         Ok(never) => match never {},

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pam_openape::config::edit::{self, TrustLists};
-use pam_openape::config::{Config, DEFAULT_CONFIG_PATH, issuer_url_ok};
+use pam_openape::config::{Config, DEFAULT_CONFIG_PATH, issuer_url_ok, unprivileged_loopback_port};
 use pam_openape::http::{self, Client};
 use pam_openape::jwks;
 use pam_openape::trust;
@@ -33,6 +33,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HELP: &str = "\
 Usage: escapes trust [--config PATH] [--idp URL]... [--approvers A,B,...]
                      [--replace] [--skip-validation]
+                     [--allow-unprivileged-loopback]
 
 Set which IdP and which approvers this host trusts, in the [security]
 table of the configuration (default /etc/openape/config.toml). Run as root.
@@ -43,6 +44,10 @@ table of the configuration (default /etc/openape/config.toml). Run as root.
                        --idp and --approvers)
   --skip-validation    do not contact the IdP (offline bootstrap)
   --config PATH        the configuration file to edit
+  --allow-unprivileged-loopback
+                       accept an http IdP on a loopback port >= 1024 (any
+                       local user can bind such a port: tests and demos
+                       only); writes allow_unprivileged_loopback = true
 
 Without --idp and --approvers, on a terminal, both are asked for.
 
@@ -61,6 +66,7 @@ struct Opts {
     approvers: Vec<String>,
     replace: bool,
     skip_validation: bool,
+    unprivileged_loopback: bool,
     help: bool,
 }
 
@@ -81,6 +87,7 @@ fn parse(args: &[OsString]) -> Result<Opts, String> {
             ("--approvers", Some(v)) => o.approvers.extend(split_list(&v)),
             ("--replace", None) => o.replace = true,
             ("--skip-validation", None) => o.skip_validation = true,
+            ("--allow-unprivileged-loopback", None) => o.unprivileged_loopback = true,
             ("-h" | "--help", None) => o.help = true,
             (other, _) => return Err(format!("unknown argument {other}")),
         }
@@ -119,7 +126,7 @@ pub fn run(args: &[OsString]) -> i32 {
         Err(m) => return usage(&m),
     };
     if o.help {
-        print!("{HELP}");
+        crate::out!("{HELP}");
         return 0;
     }
     if let Err(uid) = crate::sys::require_real_root() {
@@ -143,6 +150,13 @@ pub fn run(args: &[OsString]) -> i32 {
     for idp in &o.idps {
         if let Err(e) = issuer_url_ok(idp) {
             return usage(&e);
+        }
+        if let Some(port) = unprivileged_loopback_port(idp)
+            && !o.unprivileged_loopback
+        {
+            return usage(&format!(
+                "{idp} is plain http on port {port}, which any local user can bind; use https or a port below 1024, or add --allow-unprivileged-loopback (tests and demos only)"
+            ));
         }
     }
     for a in &o.approvers {
@@ -212,7 +226,7 @@ fn prepare_dir(path: &Path) -> Result<PathBuf, String> {
             .map_err(|e| format!("cannot chown {}: {e}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
-        println!("created {} (root, 0755)", dir.display());
+        crate::outln!("created {} (root, 0755)", dir.display());
     }
     trust::check_dir_chain(dir, ROOT)
         .map_err(|e| format!("refusing to write the trust root below an unsafe directory: {e}"))
@@ -262,7 +276,7 @@ fn apply(o: &Opts, path: &Path) -> Result<(), String> {
     let mut idps = o.idps.clone();
     if o.skip_validation {
         if !idps.is_empty() {
-            println!("skipping validation of the IdP (--skip-validation)");
+            crate::outln!("skipping validation of the IdP (--skip-validation)");
         }
     } else {
         let timeout = current.as_ref().map_or(DEFAULT_TIMEOUT, |c| c.http_timeout);
@@ -295,13 +309,22 @@ fn apply(o: &Opts, path: &Path) -> Result<(), String> {
             after: want.clone(),
         },
     };
+    let text = if o.unprivileged_loopback {
+        edit::Edited {
+            text: edit::with_unprivileged_loopback(&text.text)
+                .map_err(|e| format!("{} {e}; nothing written", target.display()))?,
+            ..text
+        }
+    } else {
+        text
+    };
     // Never write a trust root that would not load.
     Config::parse(&target, &text.text, ROOT)
         .map_err(|d| format!("refusing to write an invalid configuration: {}", d.reason))?;
 
     report(&before, &want);
     if text.unchanged(existing.as_deref()) {
-        println!("{}: nothing to change", target.display());
+        crate::outln!("{}: nothing to change", target.display());
         return Ok(());
     }
     write_atomically(&dir, &target, text.text.as_bytes())?;
@@ -312,7 +335,7 @@ fn apply(o: &Opts, path: &Path) -> Result<(), String> {
             d.reason
         )
     })?;
-    println!("wrote {} (owner root, mode 0600)", target.display());
+    crate::outln!("wrote {} (owner root, mode 0600)", target.display());
     crate::sys::syslog_change(&format!(
         "trust root {} rewritten by escapes trust",
         target.display()
@@ -376,7 +399,7 @@ fn validate(client: &Client, idp: &str) -> Result<String, String> {
         .iter()
         .map(|k| pam_openape::error::sanitize(&k.kid, 60))
         .collect();
-    println!(
+    crate::outln!(
         "IdP {issuer}: discovery ok, {} usable signing key(s) ({})",
         set.keys.len(),
         kids.join(", ")
@@ -390,7 +413,7 @@ fn report(before: &TrustLists, after: &TrustLists) {
         let mut line = |mark: &str, item: &str, note: &str| {
             let head = if first { label } else { "" };
             first = false;
-            println!("  {head:<11}{mark} {item}{note}");
+            crate::outln!("  {head:<11}{mark} {item}{note}");
         };
         for s in new {
             if old.contains(s) {
@@ -458,6 +481,7 @@ mod tests {
                 approvers: vec!["alice@x".into(), "bob@x".into()],
                 replace: true,
                 skip_validation: true,
+                unprivileged_loopback: false,
                 help: false,
             })
         );

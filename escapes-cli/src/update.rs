@@ -181,7 +181,7 @@ pub fn run(args: &[OsString]) -> i32 {
         Err(m) => return usage(&m),
     };
     if o.help {
-        print!("{HELP}");
+        crate::out!("{HELP}");
         return 0;
     }
     if let Err(uid) = crate::sys::require_real_root() {
@@ -245,10 +245,10 @@ fn update(o: &Opts) -> Result<(), String> {
         parse_manifest(&resp.body, &url).map_err(|e| format!("{e} ({url}); nothing changed"))?;
     let ours = version_key(OURS).ok_or("this build has no comparable version")?;
     let theirs = version_key(&m.version).ok_or("the manifest's version is malformed")?;
-    println!("installed: escapes {OURS}");
-    println!("available: escapes {} ({})", m.version, m.url);
+    crate::outln!("installed: escapes {OURS}");
+    crate::outln!("available: escapes {} ({})", m.version, m.url);
     if o.check {
-        println!(
+        crate::outln!(
             "{}",
             if theirs > ours {
                 "an update is available; run: escapes update"
@@ -261,7 +261,7 @@ fn update(o: &Opts) -> Result<(), String> {
         return Ok(());
     }
     if theirs == ours && !o.force {
-        println!("escapes {OURS} is up to date");
+        crate::outln!("escapes {OURS} is up to date");
         return Ok(());
     }
     if theirs < ours && !o.force {
@@ -284,7 +284,7 @@ fn update(o: &Opts) -> Result<(), String> {
         m.version,
         m.sha256
     ));
-    println!(
+    crate::outln!(
         "updated {}: {OURS} -> {} (sha256 {})",
         target.display(),
         m.version,

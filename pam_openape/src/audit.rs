@@ -16,6 +16,52 @@ use serde::Serialize;
 use crate::error::{Denial, Kind, Step};
 use crate::trust;
 
+/// `RLIMIT_FSIZE` raised for as long as this value lives: the soft limit
+/// to the hard one (any process may), and both to unlimited where the
+/// process is privileged; the caller's limit comes back on drop.
+struct FileSizeLimit {
+    saved: Option<(u64, u64)>,
+}
+
+impl FileSizeLimit {
+    fn lift() -> FileSizeLimit {
+        use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_FSIZE) else {
+            return FileSizeLimit { saved: None };
+        };
+        if soft == RLIM_INFINITY {
+            return FileSizeLimit { saved: None };
+        }
+        if setrlimit(Resource::RLIMIT_FSIZE, RLIM_INFINITY, RLIM_INFINITY).is_err() {
+            let _ = setrlimit(Resource::RLIMIT_FSIZE, hard, hard);
+        }
+        FileSizeLimit {
+            saved: Some((soft, hard)),
+        }
+    }
+
+    /// Would a file of `size` bytes be within the limit in force now?
+    fn allows(size: u64) -> bool {
+        use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
+        match getrlimit(Resource::RLIMIT_FSIZE) {
+            Ok((soft, _)) => soft == RLIM_INFINITY || size <= soft,
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for FileSizeLimit {
+    fn drop(&mut self) {
+        if let Some((soft, hard)) = self.saved {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_FSIZE,
+                soft,
+                hard,
+            );
+        }
+    }
+}
+
 /// One audit record. `event` is `grant_run`, `denied`, `session_open` or
 /// `session_close`; fields that do not apply are left out.
 #[derive(Serialize, Default, Debug, Clone)]
@@ -149,6 +195,13 @@ impl AuditLog {
             .metadata()
             .map_err(|e| io_err(&self.path, e))?
             .len();
+        let _lift = FileSizeLimit::lift();
+        if !FileSizeLimit::allows(end.saturating_add(len)) {
+            return Err(io_err(
+                &self.path,
+                "the file-size limit (ulimit -f) leaves no room for the log line",
+            ));
+        }
         let (Ok(off), Ok(n)) = (i64::try_from(end), i64::try_from(len)) else {
             return Err(io_err(&self.path, "is too large"));
         };
@@ -174,6 +227,21 @@ impl AuditLog {
     pub fn append(&self, record: &Record) -> Result<(), Denial> {
         let mut line = serde_json::to_vec(record).map_err(|e| io_err(&self.path, e))?;
         line.push(b'\n');
+        // A file-size limit must not cut a line in half (the rest of the
+        // log would no longer parse): lift it for this write where the
+        // process may, and refuse to write a line that would not fit.
+        let _lift = FileSizeLimit::lift();
+        let end = self
+            .file
+            .metadata()
+            .map_err(|e| io_err(&self.path, e))?
+            .len();
+        if !FileSizeLimit::allows(end.saturating_add(line.len() as u64)) {
+            return Err(io_err(
+                &self.path,
+                "the file-size limit (ulimit -f) leaves no room for the log line",
+            ));
+        }
         let n = (&self.file)
             .write(&line)
             .map_err(|e| io_err(&self.path, format!("write failed: {e}")))?;

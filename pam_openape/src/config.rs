@@ -67,6 +67,7 @@ struct RawConfig {
     host: Option<String>,
     run_as: Option<String>,
     audit_log: Option<PathBuf>,
+    umask: Option<String>,
     security: RawSecurity,
     #[serde(default)]
     subjects: BTreeMap<String, Vec<String>>,
@@ -90,6 +91,7 @@ struct RawSecurity {
     allowed_audiences: Option<Vec<String>>,
     clock_skew: Option<u32>,
     allow_self_approval: Option<bool>,
+    allow_unprivileged_loopback: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,6 +143,12 @@ pub struct Config {
     /// Leeway in seconds on `exp`, `nbf` and `iat`.
     pub clock_skew: i64,
     pub allow_self_approval: bool,
+    /// `[security] allow_unprivileged_loopback`: a plain-http loopback
+    /// issuer may use a port at or above 1024 (tests and demos only).
+    pub allow_unprivileged_loopback: bool,
+    /// Top-level `umask` (octal, default 0022): the bits always masked for
+    /// the command, on top of the caller's own umask (sudo's rule).
+    pub umask: u32,
     /// Local caller name → grant subjects that caller may use.
     pub subjects: BTreeMap<String, Vec<String>>,
     pub ca_bundle: Option<PathBuf>,
@@ -233,6 +241,31 @@ fn is_loopback_host(host: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The port of a plain-http loopback URL when it is 1024 or above: any
+/// local user may bind such a port, so an issuer there is trusted only on
+/// explicit request. `None` for https URLs and privileged ports.
+pub fn unprivileged_loopback_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let port_text = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+        None => authority.split_once(':').map(|(_, p)| p),
+    };
+    let port = match port_text {
+        None => 80,
+        Some(p) => p.parse::<u32>().ok().unwrap_or(u32::MAX),
+    };
+    (port >= 1024).then(|| u16::try_from(port).unwrap_or(u16::MAX))
+}
+
+/// Parse an octal umask such as `"0022"` or `"027"`.
+fn parse_umask(text: &str) -> Option<u32> {
+    if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o777)
+}
+
 fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
@@ -292,9 +325,20 @@ impl Config {
                 "[security] allowed_issuers is empty; name at least one IdP (escapes trust --idp URL)",
             ));
         }
+        let allow_unprivileged_loopback = sec.allow_unprivileged_loopback.unwrap_or(false);
         for iss in &sec.allowed_issuers {
             issuer_url_ok(iss)
                 .map_err(|e| config_err(path, format!("[security] allowed_issuers: {e}")))?;
+            if let Some(port) = unprivileged_loopback_port(iss)
+                && !allow_unprivileged_loopback
+            {
+                return Err(config_err(
+                    path,
+                    format!(
+                        "[security] allowed_issuers: {iss} is plain http on port {port}, which any local user can bind; use https, a port below 1024, or set allow_unprivileged_loopback = true (tests and demos only)"
+                    ),
+                ));
+            }
         }
         if sec.allowed_approvers.is_empty()
             || sec.allowed_approvers.iter().any(|a| a.trim().is_empty())
@@ -320,6 +364,13 @@ impl Config {
                 "[security] clock_skew must be at most 300 seconds",
             ));
         }
+
+        let umask = match &raw.umask {
+            None => 0o022,
+            Some(t) => parse_umask(t).ok_or_else(|| {
+                config_err(path, format!("umask {t:?} must be octal, e.g. \"0022\""))
+            })?,
+        };
 
         let run_as = raw.run_as.unwrap_or_else(|| DEFAULT_RUN_AS.to_string());
         if run_as.is_empty() {
@@ -407,6 +458,8 @@ impl Config {
             allowed_audiences,
             clock_skew: i64::from(clock_skew),
             allow_self_approval: sec.allow_self_approval.unwrap_or(false),
+            allow_unprivileged_loopback,
+            umask,
             subjects: raw.subjects,
             ca_bundle: raw.tls.ca_bundle,
             http_timeout: Duration::from_secs(u64::from(timeout)),
@@ -495,6 +548,54 @@ mod tests {
         assert!(issuer_url_ok("https://user@id.openape.at").is_err());
         assert!(issuer_url_ok("https://id.openape.at/?x").is_err());
         assert!(issuer_url_ok("ftp://x").is_err());
+    }
+
+    #[test]
+    fn unprivileged_loopback_issuers_need_an_explicit_yes() {
+        let with = |iss: &str, extra: &str| {
+            parse(&format!(
+                "[security]\nallowed_issuers = [\"{iss}\"]\nallowed_approvers = [\"a\"]\n{extra}"
+            ))
+            .map(|c| c.allow_unprivileged_loopback)
+            .map_err(|e| e.reason)
+        };
+        for high in [
+            "http://127.0.0.1:8080",
+            "http://[::1]:1024",
+            "http://localhost:65535",
+            "http://127.0.0.1:99999",
+        ] {
+            let e = with(high, "").err().unwrap_or_default();
+            assert!(e.contains("allow_unprivileged_loopback"), "{high}: {e}");
+            assert_eq!(
+                with(high, "allow_unprivileged_loopback = true\n"),
+                Ok(true),
+                "{high}"
+            );
+        }
+        for fine in [
+            "http://127.0.0.1",
+            "http://127.0.0.1:80/",
+            "http://[::1]:1023",
+            "https://127.0.0.1:8443",
+            "https://id.example:9999",
+        ] {
+            assert_eq!(with(fine, ""), Ok(false), "{fine}");
+        }
+    }
+
+    #[test]
+    fn umask_is_octal_with_a_022_default() {
+        assert_eq!(parse(MIN).map(|c| c.umask).ok(), Some(0o022));
+        assert_eq!(
+            parse(&format!("umask = \"077\"\n{MIN}"))
+                .map(|c| c.umask)
+                .ok(),
+            Some(0o077)
+        );
+        for bad in ["\"\"", "\"8\"", "\"0x22\"", "\"01777\"", "22"] {
+            assert!(parse(&format!("umask = {bad}\n{MIN}")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -670,7 +670,9 @@ fn sudo_parse(argv: &[String]) {
     let Ok(inv) = invocation::parse_sudo(argv) else {
         return;
     };
-    let Invocation { user, argv: cmd } = inv;
+    let Invocation {
+        user, argv: cmd, ..
+    } = inv;
     let cmd = cmd.unwrap_or_default();
     assert!(!cmd.is_empty(), "sudo accepted without a command");
     assert!(

@@ -73,6 +73,10 @@ pub struct Invocation {
     pub user: Option<UserSpec>,
     /// `None`: no command (an interactive su shell).
     pub argv: Option<Vec<String>>,
+    /// su only: `-`, `-l` or `--login` was given, so su starts the target
+    /// with a fresh login environment (always false for sudo, which resets
+    /// the environment itself).
+    pub login: bool,
 }
 
 fn base_name(argv0: &str) -> &str {
@@ -162,6 +166,7 @@ pub fn parse_sudo(argv: &[String]) -> Result<Invocation, String> {
     Ok(Invocation {
         user,
         argv: Some(cmd),
+        login: false,
     })
 }
 
@@ -184,12 +189,14 @@ pub fn parse_su(argv: &[String]) -> Result<Invocation, String> {
     let mut i = 1;
     let mut operands: Vec<&String> = Vec::new();
     let mut options_done = false;
+    let mut login = false;
     while let Some(arg) = argv.get(i) {
         if options_done || !arg.starts_with('-') {
             operands.push(arg);
         } else if arg == "--" {
             options_done = true;
         } else if arg == "-" || arg == "-l" || arg == "--login" {
+            login = true;
         } else if arg == "-c" || arg == "--command" {
             i += 1;
             set_cmd(argv.get(i).ok_or("-c needs a value")?)?;
@@ -213,6 +220,7 @@ pub fn parse_su(argv: &[String]) -> Result<Invocation, String> {
     Ok(Invocation {
         user,
         argv: command.map(|c| vec![c]),
+        login,
     })
 }
 
@@ -272,6 +280,46 @@ pub fn host_kind(exe_name: &str, service: &str) -> Host {
     } else {
         Host::Other
     }
+}
+
+/// Programs (by executable name) and PAM services that hand out another
+/// user's rights but whose command line this module does not read. A
+/// grant can never authenticate them, even when an admin opts their
+/// service in: a grant with no command would become a blank cheque (the
+/// doas / polkit-agent-helper-1 class).
+const ELEVATION_EXES: &[&str] = &[
+    "doas",
+    "pkexec",
+    "polkit-agent-helper-1",
+    "polkitd",
+    "run0",
+    "systemd-run",
+    "runuser",
+    "ksu",
+    "please",
+    "pleaseedit",
+    "sg",
+    "newgrp",
+    "calife",
+    "super",
+    "op",
+];
+const ELEVATION_SERVICES: &[&str] = &[
+    "doas",
+    "pkexec",
+    "polkit-1",
+    "systemd-run0",
+    "run0",
+    "runuser",
+    "runuser-l",
+    "ksu",
+    "please",
+    "newgrp",
+];
+
+/// Is this an elevation program the module does not understand?
+pub fn is_other_elevation(exe_name: &str, service: &str) -> bool {
+    ELEVATION_EXES.contains(&exe_name) || ELEVATION_SERVICES.contains(&service)
 }
 
 /// Base name of `/proc/self/exe` ("" if unknown).
@@ -336,6 +384,7 @@ mod tests {
         let root_id = Invocation {
             user: None,
             argv: Some(v(&["id", "-u"])),
+            login: false,
         };
         assert_eq!(sudo(&["sudo", "id", "-u"]), Ok(root_id.clone()));
         assert_eq!(
@@ -406,18 +455,30 @@ mod tests {
             p(&["su", "-c", "id -u", "root"]),
             Ok(Invocation {
                 user: Some(UserSpec::Name("root".into())),
-                argv: Some(v(&["id -u"]))
+                argv: Some(v(&["id -u"])),
+                login: false,
             })
         );
         assert_eq!(
-            p(&["su", "-", "--command=id -u"]).map(|i| i.argv),
-            Ok(Some(v(&["id -u"])))
+            p(&["su", "-", "--command=id -u"]).map(|i| (i.argv, i.login)),
+            Ok((Some(v(&["id -u"])), true))
         );
+        for login in [
+            &["su", "-l"][..],
+            &["su", "--login", "-c", "x"],
+            &["su", "-", "root"],
+        ] {
+            assert_eq!(p(login).map(|i| i.login), Ok(true), "{login:?}");
+        }
+        // "-" after "--" is an operand (an invalid user name), not the
+        // login flag.
+        assert!(p(&["su", "--", "-"]).is_err());
         assert_eq!(
             p(&["/bin/su", "-l"]),
             Ok(Invocation {
                 user: None,
-                argv: None
+                argv: None,
+                login: true,
             })
         );
         assert_eq!(
@@ -455,6 +516,17 @@ mod tests {
         assert_eq!(host_kind("su", "su-l"), Host::Su);
         assert_eq!(host_kind("su", "other"), Host::Su);
         assert_eq!(host_kind("sshd", "sshd"), Host::Other);
+        assert_eq!(host_kind("doas", "doas"), Host::Other);
+    }
+
+    #[test]
+    fn elevation_programs_are_known_by_exe_or_service() {
+        assert!(is_other_elevation("doas", "doas"));
+        assert!(is_other_elevation("polkit-agent-helper-1", "polkit-1"));
+        assert!(is_other_elevation("renamed", "polkit-1"));
+        assert!(is_other_elevation("doas", "login"));
+        assert!(!is_other_elevation("sshd", "sshd"));
+        assert!(!is_other_elevation("login", "login"));
     }
 
     #[test]

@@ -97,6 +97,15 @@ pub fn open_trusted(path: &Path, owner: u32) -> Result<File, Untrusted> {
 /// [`open_trusted`] for a file whose directory chain the caller has just
 /// checked with [`check_dir_chain`]: only the file itself is examined.
 pub fn open_in_trusted_dir(path: &Path, owner: u32) -> Result<File, Untrusted> {
+    // Look before opening: opening a device has effects of its own (a
+    // serial line, a tape). The check after the open below stays the one
+    // that counts.
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && !m.is_file()
+        && !m.file_type().is_symlink()
+    {
+        return Err(untrusted(path, "is not a regular file"));
+    }
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)

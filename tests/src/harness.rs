@@ -313,6 +313,116 @@ pub struct Run {
     timeout: Duration,
     /// Descriptors handed to the program: (our copy, its number there).
     fds: Vec<(Arc<OwnedFd>, i32)>,
+    /// Run inside a private mount namespace with this config directory
+    /// at `/etc/openape` (see [`ConfigNs`]).
+    config_ns: Option<Arc<ConfigNs>>,
+}
+
+/// The default configuration path of `escapes` is fixed (only real root
+/// may choose another), so a test's config reaches a setuid run through a
+/// private mount namespace, entered in the forked child before exec:
+///
+/// ```text
+/// unshare(CLONE_NEWNS); mount --make-rprivate /
+/// mount -t tmpfs <sandbox>/ns                    (scratch, 0755 root)
+/// mount -t overlay -o lowerdir=/etc,upperdir=<ns>/u,workdir=<ns>/w /etc
+/// mkdir /etc/openape; mount --bind <sandbox>/etc /etc/openape
+/// ```
+///
+/// The overlay lets `/etc/openape` exist even where the machine has none,
+/// without writing to the machine's `/etc`; everything vanishes with the
+/// namespace. The bind mount shows the sandbox's own directory, so the
+/// owner and mode a test sets on it are what `escapes` checks.
+#[derive(Debug)]
+pub struct ConfigNs {
+    scratch: CString,
+    upper: CString,
+    work: CString,
+    overlay_opts: CString,
+    config_dir: CString,
+}
+
+impl ConfigNs {
+    pub fn new(scratch: &Path, config_dir: &Path) -> ConfigNs {
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL in path");
+        ConfigNs {
+            scratch: c(scratch),
+            upper: c(&scratch.join("u")),
+            work: c(&scratch.join("w")),
+            overlay_opts: CString::new(format!(
+                "lowerdir=/etc,upperdir={},workdir={}",
+                scratch.join("u").display(),
+                scratch.join("w").display()
+            ))
+            .expect("no NUL in path"),
+            config_dir: c(config_dir),
+        }
+    }
+
+    /// Enter the namespace. Runs in a forked child (only system calls on
+    /// strings prepared before the fork), as root.
+    pub fn enter(&self) -> std::io::Result<()> {
+        let err = std::io::Error::last_os_error;
+        // SAFETY: plain system calls on NUL-terminated strings that live in
+        // `self` (prepared before the fork) or are 'static literals.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(err());
+            }
+            if libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(err());
+            }
+            if libc::mount(
+                c"tmpfs".as_ptr(),
+                self.scratch.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"mode=0755".as_ptr().cast(),
+            ) != 0
+            {
+                return Err(err());
+            }
+            if libc::mkdir(self.upper.as_ptr(), 0o755) != 0
+                || libc::chmod(self.upper.as_ptr(), 0o755) != 0
+                || libc::mkdir(self.work.as_ptr(), 0o700) != 0
+            {
+                return Err(err());
+            }
+            if libc::mount(
+                c"overlay".as_ptr(),
+                c"/etc".as_ptr(),
+                c"overlay".as_ptr(),
+                0,
+                self.overlay_opts.as_ptr().cast(),
+            ) != 0
+            {
+                return Err(err());
+            }
+            if libc::mkdir(c"/etc/openape".as_ptr(), 0o755) != 0
+                && *libc::__errno_location() != libc::EEXIST
+            {
+                return Err(err());
+            }
+            if libc::mount(
+                self.config_dir.as_ptr(),
+                c"/etc/openape".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(err());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Run {
@@ -327,7 +437,15 @@ impl Run {
             cwd: None,
             timeout: DEFAULT_TIMEOUT,
             fds: Vec::new(),
+            config_ns: None,
         }
+    }
+
+    /// Run inside a private mount namespace where `ns` puts a sandbox's
+    /// configuration at the default path.
+    pub fn config_ns(mut self, ns: Arc<ConfigNs>) -> Run {
+        self.config_ns = Some(ns);
+        self
     }
 
     /// Hand `fd` to the program as descriptor number `target` (> 2),
@@ -415,9 +533,15 @@ impl Run {
     pub fn output(self) -> Output {
         let what = self.describe();
         let mut cmd;
+        let ns = self.config_ns.clone();
         if self.as_user && self.arg0.is_none() {
             test_user();
             cmd = Command::new("/usr/bin/setpriv");
+            if let Some(ns) = ns.clone() {
+                // SAFETY: runs in the forked child before exec, as root; see
+                // ConfigNs::enter (system calls only).
+                unsafe { cmd.pre_exec(move || ns.enter()) };
+            }
             cmd.arg(format!("--reuid={TEST_USER}"))
                 .arg(format!("--regid={TEST_USER}"))
                 .arg("--init-groups")
@@ -427,6 +551,11 @@ impl Run {
             cmd = Command::new(&self.program);
             if let Some(a0) = &self.arg0 {
                 cmd.arg0(a0);
+            }
+            if let Some(ns) = ns.clone() {
+                // SAFETY: runs in the forked child before exec and before
+                // the privilege drop below; see ConfigNs::enter.
+                unsafe { cmd.pre_exec(move || ns.enter()) };
             }
             if self.as_user {
                 let u = test_user().clone();
@@ -738,7 +867,7 @@ impl ConfigBuilder {
             }
         };
         format!(
-            "host = {host}\naudit_log = {audit}\n{top}\n[security]\nallowed_issuers = {iss}\nallowed_approvers = {appr}\n{sec}\n[cache]\ndir = {cache}\njwks_min_refresh = {minr}\n{cache_extra}\n[http]\ntimeout = {timeout}\n\n{tail}",
+            "host = {host}\naudit_log = {audit}\n{top}\n[security]\nallowed_issuers = {iss}\nallowed_approvers = {appr}\nallow_unprivileged_loopback = true\n{sec}\n[cache]\ndir = {cache}\njwks_min_refresh = {minr}\n{cache_extra}\n[http]\ntimeout = {timeout}\n\n{tail}",
             host = toml_str(&self.host),
             audit = toml_str(&self.audit_log.to_string_lossy()),
             top = line(&self.top),
@@ -767,6 +896,7 @@ impl ConfigBuilder {
 /// Dropping it removes the tree unless `OPENAPE_KEEP_TEST_DIRS` is set.
 pub struct Sandbox {
     root: PathBuf,
+    ns: Arc<ConfigNs>,
 }
 
 impl Sandbox {
@@ -780,10 +910,12 @@ impl Sandbox {
             fs::remove_dir_all(&root).expect("remove stale sandbox");
         }
         mkdir(&root, 0o755);
-        let sb = Sandbox { root };
+        let ns = Arc::new(ConfigNs::new(&root.join("ns"), &root.join("etc")));
+        let sb = Sandbox { root, ns };
         for d in ["bin", "etc"] {
             mkdir(&sb.path(d), 0o755);
         }
+        mkdir(&sb.path("ns"), 0o700);
         mkdir(&sb.path("log"), 0o700);
         mkdir(&sb.path("cache"), 0o700);
         sb.install_setuid(&escapes_bin(), "bin/escapes");
@@ -868,9 +1000,36 @@ impl Sandbox {
         self.write_file("etc/config.toml", text.as_bytes(), 0, 0, 0o600);
     }
 
-    /// `bin/escapes` as a [`Run`] (cwd = sandbox root; env is clean), with
-    /// `--config <sandbox config>` put first (after `verify`) unless `args`
-    /// names one or is `-h`, `-V`, `trust` or `update`.
+    /// The private mount namespace that shows this sandbox's `etc/` at
+    /// `/etc/openape` (for a [`Run`] of another program that execs escapes).
+    pub fn config_ns(&self) -> Arc<ConfigNs> {
+        Arc::clone(&self.ns)
+    }
+
+    /// A shell prefix that runs the rest of a command line in this
+    /// sandbox's config namespace (the [`ConfigNs`] steps with unshare(1)
+    /// and mount(8)), for programs started through a shell (tmux, script).
+    /// Must be run as root.
+    pub fn config_ns_shell(&self) -> String {
+        let ns = self.path("ns");
+        let etc = self.path("etc");
+        format!(
+            "unshare --mount --propagation private -- /bin/sh -c 'mount -t tmpfs -o mode=0755 tmpfs {ns} && mkdir -m 0755 {ns}/u && mkdir -m 0700 {ns}/w && mount -t overlay overlay -o lowerdir=/etc,upperdir={ns}/u,workdir={ns}/w /etc && mkdir -p /etc/openape && mount --bind {etc} /etc/openape && exec \"$@\"' sh",
+            ns = ns.display(),
+            etc = etc.display()
+        )
+    }
+
+    /// The path escapes reads its configuration from inside
+    /// [`Sandbox::config_ns`] (the same file as [`Sandbox::config_path`]).
+    pub fn default_config_path(&self) -> &'static str {
+        "/etc/openape/config.toml"
+    }
+
+    /// `bin/escapes` as a [`Run`] (cwd = sandbox root; env is clean), in
+    /// the sandbox's [`ConfigNs`] so the sandbox config is at the default
+    /// path, unless `args` names `--config` (only real root may) or starts
+    /// with `-h`, `-V`, `trust` or `update` (run as they are).
     pub fn escapes_run<S: AsRef<OsStr>>(&self, args: &[S]) -> Run {
         let names_config = args.iter().any(|a| {
             let b = a.as_ref().as_bytes();
@@ -885,7 +1044,7 @@ impl Sandbox {
             rest = tail;
         }
         if !names_config && !args.first().is_some_and(|a| is_subcommand(a.as_ref())) {
-            r = r.arg("--config").arg(self.config_path());
+            r = r.config_ns(self.config_ns());
         }
         r.args(rest)
     }

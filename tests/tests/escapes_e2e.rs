@@ -994,7 +994,7 @@ fn config_owned_by_the_caller_is_refused() {
     let out = t.run(&g.jwt, &[], &argv);
     t.assert_refused_early(&out, 1, "m");
     assert!(
-        out.stderr.contains(&cfg.to_string_lossy().into_owned()),
+        out.stderr.contains(t.sb.default_config_path()),
         "message must name the file: {out}"
     );
     assert!(t.sb.audit_lines().is_empty());
@@ -1023,7 +1023,9 @@ fn config_in_a_caller_writable_directory_is_refused() {
             "--".into(),
         ];
         args.extend(argv.iter().cloned());
-        let out = t.sb.run_as_user(&args, &[], Some(g.jwt.as_bytes()));
+        // Only root may choose a config; even root's choice must pass the
+        // trust-root checks.
+        let out = t.sb.run_as_root(&args, &[], Some(g.jwt.as_bytes()));
         t.assert_refused_early(&out, 1, "m");
         assert!(
             out.stderr.contains(&dir.to_string_lossy().into_owned()),
@@ -1031,6 +1033,61 @@ fn config_in_a_caller_writable_directory_is_refused() {
         );
     }
     assert!(t.sb.audit_lines().is_empty());
+}
+
+/// Issue 10 item 3: a caller never picks the policy, not even another
+/// root-owned file (an old copy that still trusts a removed approver, a
+/// PAM-only config) and not a device: `--config` is for real root only.
+#[test]
+fn a_caller_cannot_choose_another_root_owned_config() {
+    let Some(t) = setup("trust-pick") else {
+        return;
+    };
+    // The old copy trusts mallory, who the live config no longer does.
+    let mut old = t.sb.config(&t.idp.issuer());
+    old.approvers = vec!["mallory@example.com".into()];
+    let bak =
+        t.sb.write_file("etc/config.toml.bak", old.render().as_bytes(), 0, 0, 0o600);
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = t.spec(&argv);
+    spec.decided_by = "mallory@example.com".into();
+    let g = t.idp.issue(&spec);
+    for config in [bak.to_string_lossy().into_owned(), "/dev/null".into()] {
+        for verify in [false, true] {
+            let mut args: Vec<String> = Vec::new();
+            if verify {
+                args.push("verify".into());
+            }
+            args.extend([
+                "--config".to_string(),
+                config.clone(),
+                "--grant-stdin".into(),
+                "--".into(),
+            ]);
+            args.extend(argv.iter().cloned());
+            let out = t.sb.run_as_user(&args, &[], Some(g.jwt.as_bytes()));
+            t.assert_refused_early(&out, 2, "m");
+            assert!(out.stderr.contains("only root may choose"), "{out}");
+            assert!(!out.stdout.contains("ok "), "{out}");
+        }
+    }
+    assert!(t.sb.audit_lines().is_empty());
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0);
+    // The same grant through the default path is refused by the live
+    // policy (mallory is not an approver there), at step approver.
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 5, "approver", "m");
+    // Real root may choose the file (and the grant then verifies).
+    let mut args = vec![
+        "verify".to_string(),
+        "--config".into(),
+        bak.to_string_lossy().into_owned(),
+        "--grant-stdin".into(),
+        "--".into(),
+    ];
+    args.extend(argv.iter().cloned());
+    let out = t.sb.run_as_root(&args, &[], Some(g.jwt.as_bytes()));
+    assert_eq!(out.code, 0, "{out}");
 }
 
 #[test]
@@ -1077,15 +1134,16 @@ fn caller_supplied_config_with_their_own_idp_is_refused() {
     ];
     args.extend(argv.iter().cloned());
     let out = t.sb.run_as_user(&args, &[], Some(g.jwt.as_bytes()));
-    t.assert_refused_early(&out, 1, "m");
-    assert!(out.stderr.contains("/tmp"), "{out}");
+    t.assert_refused_early(&out, 2, "m");
+    assert!(out.stderr.contains("only root may choose"), "{out}");
     assert!(evil.requests().is_empty(), "{:?}", evil.requests());
     assert!(!dir.join("audit.log").exists());
 
-    // Even root-owned and 0600, nothing below world-writable /tmp is trusted.
+    // Even root-owned and 0600 and chosen by root, nothing below
+    // world-writable /tmp is trusted.
     set_owner_mode(&dir, 0, 0, 0o755);
     set_owner_mode(&file, 0, 0, 0o600);
-    let out = t.sb.run_as_user(&args, &[], Some(g.jwt.as_bytes()));
+    let out = t.sb.run_as_root(&args, &[], Some(g.jwt.as_bytes()));
     t.assert_refused_early(&out, 1, "m");
     assert!(out.stderr.contains("/tmp"), "{out}");
     assert!(evil.requests().is_empty());
@@ -1517,7 +1575,8 @@ fn interrupted_prompt_echoes_nothing_and_restores_the_terminal() {
         "-y",
         "40",
         &format!(
-            "setpriv --reuid={0} --regid={0} --init-groups -- /bin/sh",
+            "{} setpriv --reuid={1} --regid={1} --init-groups -- /bin/sh",
+            t.sb.config_ns_shell(),
             t.user.name
         ),
     ]);
@@ -1537,14 +1596,7 @@ fn interrupted_prompt_echoes_nothing_and_restores_the_terminal() {
         }
         false
     };
-    send(&[
-        &format!(
-            "{} --config {} -- id",
-            t.sb.escapes().display(),
-            t.sb.config_path().display()
-        ),
-        "Enter",
-    ]);
+    send(&[&format!("{} -- id", t.sb.escapes().display()), "Enter"]);
     assert!(wait_for("OpenApe grant:"), "no prompt:\n{}", screen());
     send(&["eyJhalfTypedSecret"]);
     std::thread::sleep(Duration::from_millis(200));

@@ -128,6 +128,12 @@ pub fn new_config(lists: &TrustLists) -> String {
          # clock_skew = 30                        # seconds of leeway on exp/nbf/iat\n\
          # allow_self_approval = false\n\
          \n\
+         # Which grant subjects each local caller may use. A grant given as\n\
+         # `--grant JWT` is visible to every local user in the process list;\n\
+         # binding callers to their subjects stops others from replaying it.\n\
+         # [subjects]\n\
+         # deploy = [\"deploy-agent@example.com\"]\n\
+         \n\
          # [http]\n\
          # timeout = 10                           # seconds, whole request\n\
          \n\
@@ -159,6 +165,39 @@ fn after_security_header(text: &str) -> Option<usize> {
         offset += line.len();
     }
     None
+}
+
+/// `text` with `allow_unprivileged_loopback = true` in its `[security]`
+/// table (for `escapes trust --allow-unprivileged-loopback`): inserted
+/// right after the header when the key is absent; an existing `false` is
+/// not overridden (the admin wrote it on purpose).
+pub fn with_unprivileged_loopback(text: &str) -> Result<String, String> {
+    #[derive(Deserialize)]
+    struct P {
+        security: Option<S>,
+    }
+    #[derive(Deserialize)]
+    struct S {
+        allow_unprivileged_loopback: Option<bool>,
+    }
+    let p: P = toml::from_str(text).map_err(|e| format!("cannot be parsed ({})", e.message()))?;
+    match p.security.and_then(|s| s.allow_unprivileged_loopback) {
+        Some(true) => Ok(text.to_string()),
+        Some(false) => {
+            Err("sets allow_unprivileged_loopback = false; change it by hand if you mean it".into())
+        }
+        None => {
+            let at = after_security_header(text).ok_or(
+                "has no plain [security] table to add allow_unprivileged_loopback to; add it by hand",
+            )?;
+            let mut out = text.to_string();
+            out.insert_str(
+                at,
+                "allow_unprivileged_loopback = true   # http issuer on a port >= 1024: tests and demos only\n",
+            );
+            Ok(out)
+        }
+    }
 }
 
 /// The trust lists `text` holds now (empty where a list is missing).

@@ -34,6 +34,11 @@ pub struct Args {
     /// `grant_only`: in the account phase, refuse unless this very handle
     /// verified a grant for this very command (closes sudo's timestamp).
     pub grant_only: bool,
+    /// `allow_service=NAME[,NAME…]` (repeatable): PAM services other than
+    /// sudo, sudo-rs and su in which a grant without a command binding may
+    /// authenticate PAM_USER (e.g. `sshd`, `login`). Any other service is
+    /// refused, and elevation programs (doas, polkit, run0, …) always are.
+    pub allow_services: Vec<String>,
     /// `debug`: log every passed step to syslog.
     pub debug: bool,
     /// `fault_panic` (fault-injection builds only): panic in authenticate.
@@ -51,6 +56,7 @@ impl Default for Args {
             nonint: false,
             command: CommandMode::Auto,
             grant_only: false,
+            allow_services: Vec::new(),
             debug: false,
             #[cfg(feature = "fault-injection")]
             fault_panic: false,
@@ -93,6 +99,21 @@ pub fn parse(args: &[&str]) -> Result<Args, String> {
                 out.grant_env = n.to_string();
             }
             "prompt" => out.prompt = need("prompt=")?.replace('_', " "),
+            "allow_service" => {
+                for name in need("allow_service=")?.split(',') {
+                    if name.is_empty()
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    {
+                        return Err(format!(
+                            "allow_service={}: not a PAM service name",
+                            crate::error::sanitize(name, 40)
+                        ));
+                    }
+                    out.allow_services.push(name.to_string());
+                }
+            }
             "command" => {
                 out.command = match need("command=")? {
                     "auto" => CommandMode::Auto,
@@ -135,6 +156,8 @@ mod tests {
             "nonint",
             "command=none",
             "grant_only",
+            "allow_service=sshd,login",
+            "allow_service=gdm-password",
             "debug",
         ]);
         assert_eq!(
@@ -147,6 +170,7 @@ mod tests {
                 nonint: true,
                 command: CommandMode::None,
                 grant_only: true,
+                allow_services: vec!["sshd".into(), "login".into(), "gdm-password".into()],
                 debug: true,
             })
         );
@@ -162,6 +186,10 @@ mod tests {
             &["grant_env=A-B"],
             &["nonint=1"],
             &["use_first_pass"],
+            &["allow_service="],
+            &["allow_service=a b"],
+            &["allow_service=sshd,"],
+            &["allow_service=../x"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

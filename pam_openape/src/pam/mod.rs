@@ -149,7 +149,7 @@ pub const CHUNK: usize = 500;
 /// Where the grant comes from: the caller's environment as it was at exec
 /// (`/proc/self/environ`; sudo hides it from `getenv`), the PAM
 /// environment, else a no-echo prompt (unless `nonint`). `None`: no grant.
-fn find_grant(pamh: &mut PamHandle, args: &Args) -> Option<String> {
+fn find_grant(pamh: &mut PamHandle, args: &Args, may_prompt: bool) -> Option<String> {
     let nonempty = |s: String| {
         let t = s.strip_suffix('\n').unwrap_or(&s).to_string();
         (!t.is_empty()).then_some(t)
@@ -160,7 +160,7 @@ fn find_grant(pamh: &mut PamHandle, args: &Args) -> Option<String> {
     if let Some(t) = ffi::getenv(pamh, &args.grant_env).and_then(nonempty) {
         return Some(t);
     }
-    if args.nonint {
+    if args.nonint || !may_prompt {
         return None;
     }
     let conv = pamh.get_item::<pam::conv::Conv>().ok().flatten()?;
@@ -229,6 +229,15 @@ fn what_is_authorised(
             let inv = invocation::own_cmdline()
                 .and_then(|a| invocation::parse_su(&a))
                 .map_err(refuse)?;
+            if !inv.login {
+                // Without a login environment su keeps the caller's PATH,
+                // BASH_ENV, ENV, SHELLOPTS…: the approved string would run
+                // the caller's own programs and start-up scripts as root.
+                return Err(Denial::refused(
+                    Step::Command,
+                    "su without - (or -l, --login) keeps your environment; grants need su - or su -l",
+                ));
+            }
             let target = pam_user()?;
             let named = match inv.user {
                 None => "root".to_string(),
@@ -242,8 +251,38 @@ fn what_is_authorised(
             }
             Ok((target, inv.argv))
         }
-        invocation::Host::Other => Ok((pam_user()?, None)),
+        invocation::Host::Other => {
+            other_service_allowed(args, service)?;
+            Ok((pam_user()?, None))
+        }
     }
+}
+
+/// A service other than sudo, sudo-rs and su: only with the admin's
+/// explicit `allow_service=` for it, and never for a program that hands
+/// out other users' rights (its command line is not understood here, so a
+/// grant without a command would authorise anything it runs).
+fn other_service_allowed(args: &Args, service: &str) -> Result<(), Denial> {
+    let exe = invocation::own_exe_name();
+    let name = crate::error::sanitize(service, 40);
+    if invocation::is_other_elevation(&exe, service) {
+        return Err(Denial::refused(
+            Step::Usage,
+            format!(
+                "service {name} ({}) elevates privileges in a way this module does not understand; grants are never accepted there",
+                crate::error::sanitize(&exe, 40)
+            ),
+        ));
+    }
+    if !args.allow_services.iter().any(|s| s == service) {
+        return Err(Denial::refused(
+            Step::Usage,
+            format!(
+                "service {name} is not sudo, sudo-rs or su; grants are accepted there only with allow_service={name} on the module line"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn resolve_name(spec: &UserSpec) -> Result<String, Denial> {
@@ -303,10 +342,15 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
             panic!("fault injection: panic inside pam_sm_authenticate");
         }
     }
-    let Some(token) = find_grant(pamh, &args) else {
+    let service = service(pamh);
+    // A service this module does not serve is never prompted for a grant;
+    // a grant that arrives anyway (environment) is refused and logged.
+    let served = invocation::host_kind(&invocation::own_exe_name(), &service)
+        != invocation::Host::Other
+        || other_service_allowed(&args, &service).is_ok();
+    let Some(token) = find_grant(pamh, &args, served) else {
         return PamResultCode::PAM_IGNORE;
     };
-    let service = service(pamh);
     let (cfg, audit) = match load(pamh, &args) {
         Ok(x) => x,
         Err(code) => return code,
