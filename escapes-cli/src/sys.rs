@@ -78,9 +78,9 @@ fn set_limit(res: libc::__rlimit_resource_t, cur: libc::rlim_t, max: libc::rlim_
 
 /// Reset what the caller controls, first thing after the environment:
 /// umask 077 for escapes' own files, limits lifted (see [`LIFTED`]), core
-/// files off, every signal at its default except SIGPIPE (ignored, so a
-/// closed pipe is an error, not a silent death before a log line), an
-/// empty signal mask; and find out whether the caller has a controlling
+/// files off, every signal at its default except SIGPIPE and SIGXFSZ
+/// (ignored, so a closed pipe or a file-size limit is an error, not a
+/// silent death before a log line), an empty signal mask; and find out whether the caller has a controlling
 /// terminal.
 pub fn take_process_state() -> CallerState {
     // SAFETY: umask only swaps the process's file-creation mask.
@@ -92,18 +92,24 @@ pub fn take_process_state() -> CallerState {
         }
     }
     for res in LIFTED {
-        if !set_limit(res, libc::RLIM_INFINITY, libc::RLIM_INFINITY) {
-            // RLIMIT_NOFILE cannot be unlimited: take the highest the
-            // kernel allows, else at least the hard limit.
-            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        if set_limit(res, libc::RLIM_INFINITY, libc::RLIM_INFINITY) {
+            continue;
+        }
+        // RLIMIT_NOFILE cannot be unlimited: the kernel's ceiling.
+        if res == libc::RLIMIT_NOFILE
+            && let Some(n) = std::fs::read_to_string("/proc/sys/fs/nr_open")
                 .ok()
                 .and_then(|t| t.trim().parse::<libc::rlim_t>().ok())
-                .unwrap_or(1 << 20);
-            if !set_limit(res, nr_open, nr_open)
-                && let Some(l) = get_limit(res)
-            {
-                set_limit(res, l.rlim_max, l.rlim_max);
-            }
+            && set_limit(res, n, n)
+        {
+            continue;
+        }
+        // Without CAP_SYS_RESOURCE (some containers drop it even for
+        // root) only the soft limit can rise, to the hard one. What is
+        // still too low then fails closed later: nothing is consumed that
+        // cannot be logged (the audit log checks the file-size limit).
+        if let Some(l) = get_limit(res) {
+            set_limit(res, l.rlim_max, l.rlim_max);
         }
     }
     if let Some(l) = get_limit(libc::RLIMIT_CORE) {
@@ -122,21 +128,55 @@ pub fn take_process_state() -> CallerState {
     }
 }
 
-/// Every catchable signal to its default action (SIGPIPE to `pipe`), and
-/// an empty signal mask. Only system calls: safe after fork.
-fn reset_signals(pipe: libc::sighandler_t) {
+/// The kernel's `struct sigaction` for rt_sigaction(2) on Linux.
+#[repr(C)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// `sig` to SIG_DFL through rt_sigaction(2) itself.
+fn kernel_default(sig: libc::c_int) {
+    let act = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: rt_sigaction reads one kernel sigaction from a live local of
+    // the kernel's layout (sigset size 8); SIG_DFL installs no handler.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        )
+    };
+}
+
+/// Every catchable signal to its default action (SIGPIPE and SIGXFSZ to
+/// `quiet`), and an empty signal mask. Only system calls: safe after fork.
+fn reset_signals(quiet: libc::sighandler_t) {
     for sig in 1..=libc::SIGRTMAX() {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        let handler = if sig == libc::SIGPIPE {
-            pipe
+        let handler = if sig == libc::SIGPIPE || sig == libc::SIGXFSZ {
+            quiet
         } else {
             libc::SIG_DFL
         };
-        // SAFETY: installs SIG_DFL or SIG_IGN (no Rust handler runs); the
-        // signals the C library reserves answer EINVAL, which is ignored.
-        unsafe { libc::signal(sig, handler) };
+        // SAFETY: installs SIG_DFL or SIG_IGN (no Rust handler runs).
+        if unsafe { libc::signal(sig, handler) } == libc::SIG_ERR {
+            // The C library reserves a few real-time signals for itself
+            // and refuses them; a caller can still have them ignored, so
+            // they are reset with the system call directly.
+            kernel_default(sig);
+        }
     }
     // SAFETY: sigemptyset fills a local set; sigprocmask reads it.
     unsafe {

@@ -697,6 +697,23 @@ pub fn exec_raw(
     cwd: &Path,
     timeout: Duration,
 ) -> Output {
+    exec_raw_in(None, path, argv, env, &[], as_user, cwd, timeout)
+}
+
+/// [`exec_raw`] inside a [`ConfigNs`] (when given), with extra raw
+/// environment entries appended as they are (`BAREWORD`, `=X`: shapes
+/// that `NAME=value` pairs cannot express).
+#[allow(clippy::too_many_arguments)]
+pub fn exec_raw_in(
+    ns: Option<&ConfigNs>,
+    path: &Path,
+    argv: &[&[u8]],
+    env: &[(&str, &str)],
+    raw_env: &[&[u8]],
+    as_user: bool,
+    cwd: &Path,
+    timeout: Duration,
+) -> Output {
     let what = format!("execve({}, {argv:?})", path.display());
     let cstr = |b: &[u8]| CString::new(b).expect("no NUL inside");
     let c_path = cstr(path.as_os_str().as_bytes());
@@ -707,6 +724,7 @@ pub fn exec_raw(
     let c_env: Vec<CString> = env
         .iter()
         .map(|(k, v)| cstr(format!("{k}={v}").as_bytes()))
+        .chain(raw_env.iter().map(|e| cstr(e)))
         .collect();
     let mut p_env: Vec<*const libc::c_char> = c_env.iter().map(|c| c.as_ptr()).collect();
     p_env.push(std::ptr::null());
@@ -748,6 +766,11 @@ pub fn exec_raw(
             libc::dup2(devnull.as_raw_fd(), 0);
             libc::dup2(out_w.as_raw_fd(), 1);
             libc::dup2(err_w.as_raw_fd(), 2);
+            if let Some(ns) = ns
+                && ns.enter().is_err()
+            {
+                libc::_exit(119);
+            }
             if libc::chdir(c_cwd.as_ptr()) != 0 {
                 libc::_exit(120);
             }

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use openape_tests::harness::{HOST, Output, Run, Sandbox, artefact, require_root};
-use openape_tests::idp::{Fault, GrantSpec, TestIdp};
+use openape_tests::idp::{Fault, GrantSpec, Issued, TestIdp};
 use serde_json::{Value, json};
 
 const SUCCESS: &str = "0";
@@ -344,7 +344,10 @@ fn services_without_a_command_accept_only_unbound_grants() {
         return;
     }
     let p = Pam::new("pam-login");
-    p.stack("login", "auth required {so} config={cfg} nonint\n");
+    p.stack(
+        "login",
+        "auth required {so} config={cfg} nonint allow_service=login\n",
+    );
     let bound = p.grant(&["id"]);
     let out = p.drive("login", "login", &[], &[("OPENAPE_GRANT", &bound)]);
     assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
@@ -370,7 +373,7 @@ fn su_binds_the_dash_c_string() {
     let out = p.drive(
         "su",
         "su",
-        &["-c", "id -u", "root"],
+        &["-", "-c", "id -u", "root"],
         &[("OPENAPE_GRANT", &jwt)],
     );
     assert_eq!(code(&out, "auth"), SUCCESS, "{out}");
@@ -379,7 +382,7 @@ fn su_binds_the_dash_c_string() {
     let out = p.drive(
         "su",
         "su",
-        &["-c", "id -g", "root"],
+        &["-l", "-c", "id -g", "root"],
         &[("OPENAPE_GRANT", &jwt)],
     );
     assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
@@ -387,10 +390,133 @@ fn su_binds_the_dash_c_string() {
     let out = p.drive(
         "su",
         "su",
-        &["-c", "id -u", "nobody"],
+        &["--login", "-c", "id -u", "nobody"],
         &[("OPENAPE_GRANT", &jwt)],
     );
     assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+}
+
+/// Issue 10 item 1: su without `-`/`-l` keeps the caller's PATH, BASH_ENV,
+/// ENV…, so the approved string would run the caller's own programs and
+/// start-up files as root. A grant for exactly that string is refused,
+/// with a reason that says how to call su, and nothing is consumed.
+#[test]
+fn su_without_a_login_environment_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let p = Pam::new("pam-su-env");
+    p.stack("su", "auth required {so} config={cfg} nonint\n");
+    for args in [
+        &["-c", "systemctl status nginx", "root"][..],
+        &["-c", "systemctl status nginx"],
+        &["--command=systemctl status nginx", "--", "root"],
+    ] {
+        let issued = p
+            .idp
+            .issue(&GrantSpec::new(HOST, &["systemctl status nginx"]));
+        let out = p.drive(
+            "su",
+            "su",
+            args,
+            &[
+                ("OPENAPE_GRANT", &issued.jwt),
+                ("BASH_ENV", "/tmp/evil"),
+                ("PATH", "/tmp/evil-bin:/usr/bin:/bin"),
+            ],
+        );
+        assert_eq!(code(&out, "auth"), AUTH_ERR, "{args:?}\n{out}");
+        let l = p.last();
+        assert_eq!(l["event"], "denied", "{l}");
+        assert!(
+            l["reason"].as_str().unwrap_or_default().contains("su -"),
+            "{l}"
+        );
+        assert_eq!(p.idp.consume_count(&issued.grant_id), 0);
+    }
+}
+
+/// Issue 10 item 2: a service the module does not positively understand
+/// refuses a grant unless the admin opts it in with `allow_service=`; an
+/// elevation program (doas, polkit's helper, run0, …; known by service or
+/// by executable) refuses even then. No grant: no prompt, PAM_IGNORE.
+#[test]
+fn unknown_services_and_elevation_programs_refuse_grants() {
+    if !require_root() {
+        return;
+    }
+    let p = Pam::new("pam-services");
+    let mut spec = GrantSpec::new(HOST, &[]);
+    spec.command = None;
+    spec.with_command = false;
+    spec.with_cmd_hash = false;
+    spec.with_argv_hash = false;
+    let unbound = || p.idp.issue(&spec);
+    let refused = |service: &str, argv0: &str, why: &str, out: &Output, g: &Issued| {
+        assert_eq!(code(out, "auth"), AUTH_ERR, "{service}: {out}");
+        let l = p.last();
+        assert_eq!(l["event"], "denied", "{l}");
+        assert!(
+            l["reason"].as_str().unwrap_or_default().contains(why),
+            "{service} ({argv0}): {l}"
+        );
+        assert_eq!(p.idp.consume_count(&g.grant_id), 0, "{service}");
+    };
+    // Not opted in.
+    for service in ["sshd", "login", "doas", "polkit-1"] {
+        p.stack(service, "auth required {so} config={cfg}\n");
+        let g = unbound();
+        let out = p.drive(
+            service,
+            service,
+            &["sh", "-c", "id"],
+            &[("OPENAPE_GRANT", &g.jwt)],
+        );
+        let why = if matches!(service, "doas" | "polkit-1") {
+            "never accepted"
+        } else {
+            "allow_service="
+        };
+        refused(service, service, why, &out, &g);
+        // Without a grant it stays out of the way and never prompts.
+        let out = p.drive(service, service, &[], &[("PAMD_ANSWER", "x")]);
+        assert!(!out.stdout.contains("prompt="), "{service}: {out}");
+    }
+    // Opted in: an elevation service still refuses.
+    for service in ["doas", "polkit-1", "systemd-run0"] {
+        p.stack(
+            service,
+            &format!("auth required {{so}} config={{cfg}} nonint allow_service={service}\n"),
+        );
+        let g = unbound();
+        let out = p.drive(
+            service,
+            service,
+            &["sh", "-c", "id"],
+            &[("OPENAPE_GRANT", &g.jwt)],
+        );
+        refused(service, service, "never accepted", &out, &g);
+    }
+    // Opted in under an innocent service name, but the program is doas.
+    p.stack(
+        "login",
+        "auth required {so} config={cfg} nonint allow_service=login\n",
+    );
+    let doas = p.sb.install_setuid(&artefact("pam-driver"), "bin/doas");
+    let g = unbound();
+    let out = Run::new(&doas)
+        .args(["sh", "-c", "id"])
+        .env("PAMD_SERVICE", "login")
+        .env("PAMD_CONFDIR", p.sb.path("pam.d"))
+        .env("PAMD_USER", "root")
+        .env("PAMD_RUSER", "root")
+        .env("OPENAPE_GRANT", &g.jwt)
+        .output();
+    refused("login", "doas", "never accepted", &out, &g);
+    // Opted in, ordinary program: an unbound grant authenticates PAM_USER.
+    let g = unbound();
+    let out = p.drive("login", "login", &[], &[("OPENAPE_GRANT", &g.jwt)]);
+    assert_eq!(code(&out, "auth"), SUCCESS, "{out}");
 }
 
 #[test]

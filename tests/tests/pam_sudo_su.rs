@@ -109,9 +109,17 @@ fn shipped_sudoers() -> String {
 fn setup(name: &str, idp: &TestIdp, service: &str, stack: &str) -> PamSandbox {
     let ps = PamSandbox::new(name, &idp.issuer());
     ps.write_pam(service, stack);
+    if service == "su" {
+        // `su -`/`su -l` authenticate as service su-l, which includes su
+        // (as Debian's own /etc/pam.d/su-l does).
+        ps.write_pam("su-l", SU_L);
+    }
     ps.write_sudoers(&shipped_sudoers());
     ps
 }
+
+/// Debian's `su-l` stack: everything from `su`.
+const SU_L: &str = "auth include su\naccount include su\nsession include su\n";
 
 fn grant(idp: &TestIdp, argv: &[&str]) -> openape_tests::idp::Issued {
     idp.issue(&GrantSpec::new("testhost", argv))
@@ -318,11 +326,15 @@ fn su_reads_the_grant_through_the_conversation() {
     let ps = setup("su-conv", &idp, "su", SUDO_GRANT_PROMPT);
     let g = grant(&idp, &["id -u"]);
     let stdin = format!("{}\n", g.jwt);
-    let out = ps.run(&["su", "-c", "id -u", "root"], &[], Some(stdin.as_bytes()));
+    let out = ps.run(
+        &["su", "-", "-c", "id -u", "root"],
+        &[],
+        Some(stdin.as_bytes()),
+    );
     assert_ran(&out, "0\n");
     assert!(out.stderr.contains("OpenApe grant:"), "{out}");
     assert!(!out.stderr.contains(&g.jwt), "the prompt echoed: {out}");
-    assert_grant_run(&ps, "pam:su", &["id -u"]);
+    assert_grant_run(&ps, "pam:su-l", &["id -u"]);
     assert_eq!(idp.consume_count(&g.grant_id), 1);
 }
 
@@ -379,9 +391,13 @@ fn su_runs_the_approved_dash_c_string() {
     let idp = TestIdp::start();
     let ps = setup("su-ok", &idp, "su", SU_GRANT);
     let g = grant(&idp, &["id -u"]);
-    let out = ps.run(&["su", "-c", "id -u", "root"], &with_grant(&g.jwt), None);
+    let out = ps.run(
+        &["su", "-", "-c", "id -u", "root"],
+        &with_grant(&g.jwt),
+        None,
+    );
     assert_ran(&out, "0\n");
-    let l = assert_grant_run(&ps, "pam:su", &["id -u"]);
+    let l = assert_grant_run(&ps, "pam:su-l", &["id -u"]);
     assert_eq!(l["grant_id"], g.grant_id.as_str());
     assert_eq!(idp.consume_count(&g.grant_id), 1);
 }
@@ -394,10 +410,49 @@ fn su_refuses_another_dash_c_string() {
     let idp = TestIdp::start();
     let ps = setup("su-argv", &idp, "su", SU_GRANT);
     let g = grant(&idp, &["id -u"]);
-    let out = ps.run(&["su", "-c", "id -g", "root"], &with_grant(&g.jwt), None);
+    let out = ps.run(
+        &["su", "-l", "-c", "id -g", "root"],
+        &with_grant(&g.jwt),
+        None,
+    );
+    assert_refused(&out);
+    let l = assert_denied(&ps, "pam:su-l", "command");
+    assert_eq!(l["command"], json!(["id -g"]));
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+/// Issue 10 item 1: plain `su -c STRING` keeps the caller's environment
+/// (PATH, BASH_ENV, ENV…), so the approved string would run the caller's
+/// own start-up script as root. Refused, nothing consumed, and the
+/// caller's BASH_ENV script never ran.
+#[test]
+fn su_without_a_login_environment_runs_nothing() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = setup("su-env", &idp, "su", SU_GRANT);
+    let marker = ps.sb.path("bash-env-ran");
+    let script = ps.sb.write_file(
+        "bash-env.sh",
+        format!("touch {}\n", marker.display()).as_bytes(),
+        0,
+        0,
+        0o644,
+    );
+    let g = grant(&idp, &["id -u"]);
+    let script = script.to_string_lossy().into_owned();
+    let mut env = with_grant(&g.jwt).to_vec();
+    env.push(("BASH_ENV", &script));
+    env.push(("ENV", &script));
+    let out = ps.run(&["su", "-c", "id -u", "root"], &env, None);
     assert_refused(&out);
     let l = assert_denied(&ps, "pam:su", "command");
-    assert_eq!(l["command"], json!(["id -g"]));
+    assert!(
+        l["reason"].as_str().unwrap_or_default().contains("su -"),
+        "{l}"
+    );
+    assert!(!marker.exists(), "the caller's BASH_ENV ran as root");
     assert_eq!(idp.consume_count(&g.grant_id), 0);
 }
 
@@ -412,9 +467,13 @@ fn su_refuses_a_sudo_shaped_grant_for_the_same_words() {
     let idp = TestIdp::start();
     let ps = setup("su-cross", &idp, "su", SU_GRANT);
     let g = grant(&idp, &["id", "-u"]);
-    let out = ps.run(&["su", "-c", "id -u", "root"], &with_grant(&g.jwt), None);
+    let out = ps.run(
+        &["su", "-", "-c", "id -u", "root"],
+        &with_grant(&g.jwt),
+        None,
+    );
     assert_refused(&out);
-    assert_denied(&ps, "pam:su", "command");
+    assert_denied(&ps, "pam:su-l", "command");
     assert_eq!(idp.consume_count(&g.grant_id), 0);
 }
 
@@ -785,9 +844,14 @@ fn shipped_su_stack_accepts_a_grant_for_the_dash_c_string() {
         return;
     }
     ps.write_pam("su", &shipped("su.grant-or-password"));
+    ps.write_pam("su-l", SU_L);
     ps.write_sudoers(&shipped_sudoers()); // the namespace mounts it; su ignores it
     let g = grant(&idp, &["id -u"]);
-    let out = ps.run(&["su", "-c", "id -u", "root"], &with_grant(&g.jwt), None);
+    let out = ps.run(
+        &["su", "-", "-c", "id -u", "root"],
+        &with_grant(&g.jwt),
+        None,
+    );
     assert_ran(&out, "0\n");
-    assert_grant_run(&ps, "pam:su", &["id -u"]);
+    assert_grant_run(&ps, "pam:su-l", &["id -u"]);
 }

@@ -1,0 +1,385 @@
+//! Hostile process state around the setuid binary (issue 10, round 2):
+//! what a caller controls besides argv and the environment — umask,
+//! resource limits, signal dispositions, a controlling terminal behind
+//! piped stdio, broken output descriptors, malformed environment entries,
+//! the config path. Each test runs the real setuid `escapes` as the real
+//! test user (or as root where the scenario needs a terminal), in the
+//! sandbox's private mount namespace, and checks what the command and the
+//! audit log saw.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use openape_tests::harness::{
+    self, HOST, Output, Run, Sandbox, TestUser, exec_raw_in, require_root, test_user,
+};
+use openape_tests::idp::{GrantSpec, Issued, TestIdp};
+
+struct T {
+    idp: TestIdp,
+    sb: Sandbox,
+    user: &'static TestUser,
+}
+
+fn setup(name: &str) -> Option<T> {
+    if !require_root() {
+        return None;
+    }
+    let user = test_user();
+    let idp = TestIdp::start();
+    let sb = Sandbox::new(name);
+    sb.write_config(&sb.config(&idp.issuer()).render());
+    Some(T { idp, sb, user })
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+impl T {
+    fn issue(&self, argv: &[String]) -> Issued {
+        self.idp.issue(&GrantSpec::new(HOST, &strs(argv)))
+    }
+
+    /// A grant file the test user can read.
+    fn grant_file(&self, name: &str, g: &Issued) -> String {
+        let u = self.user;
+        self.sb
+            .write_file(name, g.jwt.as_bytes(), u.uid, u.gid, 0o600)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// `/bin/sh -c '<prelude>; exec escapes --grant-file F -- argv'` as
+    /// the test user in the sandbox's namespace: the prelude sets up the
+    /// hostile state (umask, ulimit, trap) that escapes then inherits.
+    fn run_after(&self, prelude: &str, g: &Issued, argv: &[String]) -> Output {
+        let file = self.grant_file("grant", g);
+        let mut script = format!(
+            "{prelude}\nexec {} --grant-file {file} --",
+            self.sb.escapes().display()
+        );
+        for a in argv {
+            script.push_str(&format!(" '{a}'"));
+        }
+        Run::new("/bin/sh")
+            .args(["-c", &script])
+            .cwd(self.sb.root())
+            .config_ns(self.sb.config_ns())
+            .as_test_user()
+            .output()
+    }
+
+    fn assert_ran(&self, out: &Output, g: &Issued) {
+        assert_eq!(out.code, 0, "{out}");
+        let lines = self.sb.audit_lines(); // panics on a torn line
+        let last = lines.last().expect("an audit line");
+        assert_eq!(last["event"], "grant_run", "{last}");
+        assert_eq!(last["grant_id"], g.grant_id.as_str(), "{last}");
+        assert_eq!(self.idp.consume_count(&g.grant_id), 1);
+    }
+}
+
+/// Item 5: the caller's umask 000 does not reach a root command (sudo's
+/// rule: the caller's umask plus the configured 022), and a configured
+/// umask adds its bits.
+#[test]
+fn the_callers_umask_cannot_make_root_files_world_writable() {
+    let Some(t) = setup("umask") else { return };
+    for (cfg_umask, want) in [(None, 0o644), (Some("0077"), 0o600)] {
+        if let Some(m) = cfg_umask {
+            let mut c = t.sb.config(&t.idp.issuer());
+            c.top = format!("umask = \"{m}\"");
+            t.sb.write_config(&c.render());
+        }
+        let file = t.sb.path("made-by-root");
+        let _ = std::fs::remove_file(&file);
+        let argv = vec!["touch".to_string(), file.to_string_lossy().into_owned()];
+        let g = t.issue(&argv);
+        let out = t.run_after("umask 000", &g, &argv);
+        t.assert_ran(&out, &g);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "umask {cfg_umask:?}: mode {mode:o}");
+    }
+}
+
+/// Whether root here may raise a hard limit (CAP_SYS_RESOURCE in the
+/// bounding set; some containers drop it even for root).
+/// capability(7) number of CAP_SYS_RESOURCE.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+fn can_raise_hard_limits() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("CapBnd:"))?.to_string();
+            u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// Where a hard limit cannot be lifted the run must be refused before
+/// anything is consumed, and the log must stay whole.
+fn assert_refused_unspent(t: &T, out: &Output, g: &Issued) {
+    assert_ne!(out.code, 0, "{out}");
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0, "{out}");
+    let _ = t.sb.audit_lines(); // panics on a torn line
+}
+
+/// Item 6: `ulimit -f 0` with SIGXFSZ ignored consumed the grant and wrote
+/// no line at all; a limit inside the next line tore it in half. A soft
+/// limit is now lifted for escapes itself (the command gets it back); a
+/// hard one is lifted where root may (CAP_SYS_RESOURCE), and otherwise the
+/// run is refused with the grant unspent and the log whole.
+#[test]
+fn file_size_limits_cannot_stop_or_tear_the_audit_line() {
+    let Some(t) = setup("rlimit-fsize") else {
+        return;
+    };
+    let argv = vec!["/bin/sh".to_string(), "-c".into(), "ulimit -S -f".into()];
+    let g = t.issue(&argv);
+    let out = t.run_after("ulimit -S -f 0; trap '' XFSZ", &g, &argv);
+    t.assert_ran(&out, &g);
+    assert_eq!(
+        out.stdout.trim(),
+        "0",
+        "the command gets the caller's limit back: {out}"
+    );
+
+    // The log is now a few hundred bytes: a limit of one 512-byte block
+    // more ends inside the next line.
+    let size = std::fs::metadata(t.sb.audit_path()).unwrap().len();
+    let blocks = size.div_ceil(512);
+    let g = t.issue(&argv);
+    let out = t.run_after(&format!("ulimit -S -f {blocks}; trap '' XFSZ"), &g, &argv);
+    t.assert_ran(&out, &g);
+    assert!(std::fs::metadata(t.sb.audit_path()).unwrap().len() > blocks * 512);
+
+    // Hard limits (what `ulimit -f 0` sets in most shells).
+    for prelude in [
+        "ulimit -f 0; trap '' XFSZ".to_string(),
+        format!("ulimit -f {}; trap '' XFSZ", blocks + 1),
+        "ulimit -f 0".to_string(),
+    ] {
+        let g = t.issue(&argv);
+        let out = t.run_after(&prelude, &g, &argv);
+        if can_raise_hard_limits() {
+            t.assert_ran(&out, &g);
+        } else {
+            assert_refused_unspent(&t, &out, &g);
+        }
+    }
+}
+
+/// Item 6: a tiny descriptor limit cannot make escapes consume a grant it
+/// then cannot log or run.
+#[test]
+fn a_tiny_descriptor_limit_still_runs_and_logs() {
+    let Some(t) = setup("rlimit-nofile") else {
+        return;
+    };
+    let argv = vec!["true".to_string()];
+    let g = t.issue(&argv);
+    let out = t.run_after("ulimit -S -n 4", &g, &argv);
+    t.assert_ran(&out, &g);
+    let g = t.issue(&argv);
+    let out = t.run_after("ulimit -n 4", &g, &argv);
+    if can_raise_hard_limits() {
+        t.assert_ran(&out, &g);
+    } else {
+        assert_refused_unspent(&t, &out, &g);
+    }
+}
+
+/// Item 8: the command starts with default signal dispositions and an
+/// empty mask, whatever the caller ignored (SIGPIPE included, which the
+/// Rust runtime ignores for itself).
+#[test]
+fn the_command_gets_default_signal_dispositions() {
+    let Some(t) = setup("signals") else {
+        return;
+    };
+    let argv = vec![
+        "grep".to_string(),
+        "-E".into(),
+        "^Sig(Ign|Blk)".into(),
+        "/proc/self/status".into(),
+    ];
+    let g = t.issue(&argv);
+    let out = t.run_after("trap '' INT TERM HUP QUIT PIPE USR1 TSTP", &g, &argv);
+    t.assert_ran(&out, &g);
+    for line in out.stdout.lines() {
+        let (_, mask) = line.split_once(':').unwrap();
+        assert_eq!(
+            u64::from_str_radix(mask.trim(), 16).unwrap(),
+            0,
+            "inherited: {line}\n{out}"
+        );
+    }
+    assert_eq!(out.stdout.lines().count(), 2, "{out}");
+}
+
+/// Item 7: environment entries that are not NAME=value (`=X`, `==`, a bare
+/// word) must not panic the setuid binary before any check (exit 101);
+/// they are dropped and the run goes on.
+#[test]
+fn malformed_environment_entries_do_not_panic() {
+    let Some(t) = setup("env-eq") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let file = t.grant_file("grant", &g);
+    let mut args: Vec<Vec<u8>> = vec![
+        b"escapes".to_vec(),
+        b"--grant-file".to_vec(),
+        file.into_bytes(),
+        b"--".to_vec(),
+    ];
+    args.extend(argv.iter().map(|a| a.clone().into_bytes()));
+    let argv_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    let out = exec_raw_in(
+        Some(t.sb.config_ns().as_ref()),
+        &t.sb.escapes(),
+        &argv_refs,
+        &[("", "X"), ("", "=Y"), ("PATH", harness::SANE_PATH)],
+        &[b"BAREWORD".as_slice()],
+        true,
+        t.sb.root(),
+        harness::DEFAULT_TIMEOUT,
+    );
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    t.assert_ran(&out, &g);
+    assert!(t.sb.marker_exists("m"));
+}
+
+/// Item 7: output that cannot be written (a full device, a closed pipe)
+/// is ignored, never a panic: a refusal still exits 5 with its audit line,
+/// and --help exits 0.
+#[test]
+fn unwritable_output_does_not_panic() {
+    let Some(t) = setup("dev-full") else { return };
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = GrantSpec::new("otherhost", &strs(&argv));
+    spec.run_as = None;
+    let g = t.idp.issue(&spec);
+    let file = t.grant_file("grant", &g);
+    let script = format!(
+        "{esc} --grant-file {file} -- {cmd} >/dev/full 2>/dev/full; echo rc=$?; {esc} --help >/dev/full 2>/dev/full; echo help=$?",
+        esc = t.sb.escapes().display(),
+        cmd = argv.join(" ")
+    );
+    let out = Run::new("/bin/sh")
+        .args(["-c", &script])
+        .cwd(t.sb.root())
+        .config_ns(t.sb.config_ns())
+        .as_test_user()
+        .output();
+    assert!(out.stdout.contains("rc=5"), "{out}");
+    assert!(out.stdout.contains("help=0"), "{out}");
+    let last = t.sb.last_audit();
+    assert_eq!(last["step"], "host", "{last}");
+}
+
+/// Item 4: with every fd piped the caller can still have a controlling
+/// terminal, and a command for a less privileged user could open
+/// /dev/tty and type into the caller's shell. It now runs detached from
+/// it. Control: the same probe as nobody without escapes can push.
+#[test]
+fn piped_stdio_does_not_hand_the_terminal_to_the_command() {
+    let Some(t) = setup("tiocsti-piped") else {
+        return;
+    };
+    if std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti")
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+    {
+        eprintln!(
+            "skipped: this kernel has TIOCSTI disabled (dev.tty.legacy_tiocsti = 0), the class cannot occur"
+        );
+        return;
+    }
+    let probe_src = std::fs::read(harness::artefact("tiocsti-probe")).unwrap();
+    let probe = t.sb.write_file("tiocsti-probe", &probe_src, 0, 0, 0o755);
+    let probe_s = probe.to_string_lossy().into_owned();
+    let result = t.sb.path("probe-out");
+    let under_script = |cmd: String| {
+        Run::new("/usr/bin/script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .timeout(Duration::from_secs(20))
+            .output()
+    };
+    let control = under_script(format!(
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups -- {probe_s} --tty </dev/null >{r} 2>&1",
+        r = result.display()
+    ));
+    let seen = std::fs::read_to_string(&result).unwrap_or_default();
+    assert!(
+        seen.contains("pushed"),
+        "control probe could not push: {seen} {control}"
+    );
+
+    let argv = vec![probe_s.clone(), "--tty".into()];
+    let mut spec = GrantSpec::new(HOST, &strs(&argv));
+    spec.run_as = Some("nobody".into());
+    let g = t.idp.issue(&spec);
+    let gfile =
+        t.sb.write_file("grant-piped", g.jwt.as_bytes(), 0, 0, 0o600);
+    let _ = std::fs::remove_file(&result);
+    // Root is the caller here (the shell in the terminal); root may name
+    // the config.
+    let out = under_script(format!(
+        "{} --config {} --grant-file {} -u nobody -- {probe_s} --tty </dev/null >{r} 2>&1",
+        t.sb.escapes().display(),
+        t.sb.config_path().display(),
+        gfile.display(),
+        r = result.display()
+    ));
+    let seen = std::fs::read_to_string(&result).unwrap_or_default();
+    assert!(
+        seen.contains("refused"),
+        "the command reached the caller's terminal: {seen} {out}"
+    );
+    assert_eq!(t.sb.last_audit()["event"], "grant_run");
+}
+
+/// Item 12: the audit line records where the command really runs (after
+/// -D), not where escapes was started.
+#[test]
+fn the_audit_cwd_is_where_the_command_runs() {
+    let Some(t) = setup("cwd") else { return };
+    let argv = vec!["true".to_string()];
+    let g = t.issue(&argv);
+    let out = t.run_after("cd /", &g, &argv);
+    t.assert_ran(&out, &g);
+    assert_eq!(t.sb.last_audit()["cwd"], "/", "{out}");
+    let g = t.issue(&argv);
+    let file = t.grant_file("grant-d", &g);
+    let out =
+        t.sb.escapes_run(&["-D", "/tmp", "--grant-file", &file, "--", "true"])
+            .as_test_user()
+            .output();
+    t.assert_ran(&out, &g);
+    assert_eq!(t.sb.last_audit()["cwd"], "/tmp", "{out}");
+}
+
+/// Item 13: an http issuer on a loopback port >= 1024 is trusted only with
+/// `allow_unprivileged_loopback = true` (any local user can bind it).
+#[test]
+fn an_unprivileged_loopback_issuer_needs_an_explicit_yes() {
+    let Some(t) = setup("loopback") else {
+        return;
+    };
+    let text =
+        t.sb.config(&t.idp.issuer())
+            .render()
+            .replace("allow_unprivileged_loopback = true\n", "");
+    t.sb.write_config(&text);
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run_after("", &g, &argv);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("allow_unprivileged_loopback"), "{out}");
+    assert!(!t.sb.marker_exists("m"));
+    assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
+}
