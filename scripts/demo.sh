@@ -36,6 +36,7 @@ audit_log = "$DEMO/log/audit.log"
 [security]
 allowed_issuers = ["$ISS"]
 allowed_approvers = ["alice@example.com"]
+allow_unprivileged_loopback = true   # the demo IdP listens on a high port
 
 [cache]
 dir = "$DEMO/cache"
@@ -57,17 +58,29 @@ curl -sf -X POST "$ISS/api/grants/$GID/token" | json authz_jwt > "$DEMO/grant.jw
 chown "$USER_NAME" "$DEMO/grant.jwt"; chmod 0600 "$DEMO/grant.jwt"
 echo "grant token written to $DEMO/grant.jwt (readable by $USER_NAME only)"
 
-ESC="$DEMO/bin/escapes --config $DEMO/etc/config.toml --grant-file $DEMO/grant.jwt --"
+# Only root may choose a config, so the demo user's escapes reads the
+# default path: a private mount namespace shows $DEMO/etc there (an overlay
+# on /etc, so the machine's own /etc is never written).
+install -d -m 0700 "$DEMO/ns"
+as_demo_user() {
+  unshare --mount --propagation private -- /bin/sh -c '
+    mount -t tmpfs -o mode=0755 tmpfs "$1" && mkdir -m 0755 "$1/u" && mkdir -m 0700 "$1/w" &&
+    mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/u,workdir=$1/w" /etc &&
+    mkdir -p /etc/openape && mount --bind "$2" /etc/openape && shift 3 &&
+    exec setpriv --reuid="$U" --regid="$U" --init-groups -- "$@"' sh "$DEMO/ns" "$DEMO/etc" U "$@"
+}
+export U="$USER_NAME"
+ESC="$DEMO/bin/escapes --grant-file $DEMO/grant.jwt --"
 step "5. $USER_NAME runs: escapes --grant-file grant.jwt -- id"
-setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups -- $ESC id
+as_demo_user $ESC id
 echo "exit status: $?"
 
 step "6. The same grant again (once-grants are single use)"
 set +e
-setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups -- $ESC id
+as_demo_user $ESC id
 echo "exit status: $? (5 = refused)"
 step "7. The grant for 'id' used for 'id -u'"
-setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --init-groups -- $ESC id -u
+as_demo_user $ESC id -u
 echo "exit status: $? (5 = refused)"
 set -e
 

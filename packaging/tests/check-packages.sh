@@ -194,7 +194,7 @@ for _ in $(seq 100); do grep -q '^issuer=' "$W/idp.out" 2>/dev/null && break; sl
 ISS=$(sed -n 's/^issuer=//p' "$W/idp.out")
 CFG=$R/etc/openape/config.toml
 ESC=$R/usr/bin/escapes
-out=$("$ESC" trust --config "$CFG" --idp "$ISS" --approvers alice@example.com 2>&1)
+out=$("$ESC" trust --config "$CFG" --idp "$ISS" --allow-unprivileged-loopback --approvers alice@example.com 2>&1)
 rc=$?
 if [ $rc = 0 ]; then
 	ok "escapes trust fills in the shipped config"
@@ -218,11 +218,25 @@ curl -sf -X POST "$ISS/api/grants/$GID/approve" -H 'Content-Type: application/js
 install -d -o "$TUSER" -m 0700 "$W/user"
 curl -sf -X POST "$ISS/api/grants/$GID/token" | json authz_jwt >"$W/user/grant.jwt"
 chown "$TUSER" "$W/user/grant.jwt"
-as_user() { setpriv --reuid="$TUSER" --regid="$TUSER" --init-groups -- "$@"; }
+# Only real root may choose --config: the user's runs see the package's
+# config at the default path, in a private mount namespace (an overlay on
+# /etc, so the machine's own /etc is never written).
+as_user() {
+	local s
+	s=$(mktemp -d "$W/ns.XXXXXX")
+	unshare --mount --propagation private -- /bin/sh -c '
+		mount -t tmpfs -o mode=0755 tmpfs "$1" && mkdir -m 0755 "$1/u" && mkdir -m 0700 "$1/w" &&
+		mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1/u,workdir=$1/w" /etc &&
+		mkdir -p /etc/openape && mount --bind "$2" /etc/openape && shift 2 &&
+		exec setpriv --reuid="$TUSER" --regid="$TUSER" --init-groups -- "$@"' sh "$s" "$R/etc/openape" "$@"
+}
+export TUSER
 out=$(as_user "$ESC" --config "$CFG" --grant-file "$W/user/grant.jwt" -- id -u 2>&1)
+eq "grant: a caller cannot choose the config (exit 2)" 2 "$?"
+out=$(as_user "$ESC" --grant-file "$W/user/grant.jwt" -- id -u 2>&1)
 rc=$?
 eq "grant: $TUSER runs 'id -u' as root through the installed escapes" "0 0" "$rc $out"
-out=$(as_user "$ESC" --config "$CFG" --grant-file "$W/user/grant.jwt" -- id -u 2>&1)
+out=$(as_user "$ESC" --grant-file "$W/user/grant.jwt" -- id -u 2>&1)
 eq "grant: the same once-grant again is refused (exit 5)" 5 "$?"
 t "grant: the audit log in the package's log directory has grant_run" \
 	grep -q '"event":"grant_run","via":"escapes"' "$R/var/log/openape/audit.log"

@@ -158,7 +158,12 @@ impl W {
 
     /// `bin/escapes trust --config <cfg> args...` as root.
     fn trust(&self, cfg: &Path, args: &[&str]) -> Output {
-        let mut a: Vec<String> = vec!["trust".into(), "--config".into()];
+        // The test IdP listens on a loopback port above 1024.
+        let mut a: Vec<String> = vec![
+            "trust".into(),
+            "--allow-unprivileged-loopback".into(),
+            "--config".into(),
+        ];
         a.push(cfg.to_string_lossy().into_owned());
         a.extend(args.iter().map(|s| (*s).to_string()));
         output(self.sb.escapes_run(&a))
@@ -281,8 +286,10 @@ fn trust_merges_keeps_comments_and_the_result_runs_a_grant() {
     );
     assert_eq!(out.code, 0, "{out}");
     let text = fs::read_to_string(&cfg).unwrap();
+    // Only the lists change, plus the one line that
+    // --allow-unprivileged-loopback adds below the header.
     let want = format!(
-        "# site policy: keep this line\nhost = \"{HOST}\"\naudit_log = \"{}\"\n\n[security]\n# approvers are reviewed quarterly\nallowed_issuers = [\"https://old.example.com\", \"{iss}\"]\nallowed_approvers = [\"bob@example.com\", \"{APPROVER}\"]  # bob is on call\nclock_skew = 20\n{tail}",
+        "# site policy: keep this line\nhost = \"{HOST}\"\naudit_log = \"{}\"\n\n[security]\nallow_unprivileged_loopback = true   # http issuer on a port >= 1024: tests and demos only\n# approvers are reviewed quarterly\nallowed_issuers = [\"https://old.example.com\", \"{iss}\"]\nallowed_approvers = [\"bob@example.com\", \"{APPROVER}\"]  # bob is on call\nclock_skew = 20\n{tail}",
         w.sb.audit_path().display()
     );
     assert_eq!(text, want);
@@ -525,7 +532,7 @@ fn trust_prompts_on_a_terminal() {
     }
     let cfg = w.sb.config_path();
     let cmd = format!(
-        "{} trust --config {}",
+        "{} trust --allow-unprivileged-loopback --config {}",
         w.sb.escapes().display(),
         cfg.display()
     );
@@ -991,4 +998,33 @@ fn update_refuses_a_binary_owned_by_a_package() {
     );
     w.assert_untouched(&before, &out);
     assert_eq!(w.idp.request_count("/_test/release/bin"), 0);
+}
+
+/// Issue 10 item 13: trusting a plain-http IdP on a loopback port >= 1024
+/// (which any local user could bind) needs the explicit flag.
+#[test]
+fn trust_refuses_an_unprivileged_loopback_idp_without_the_flag() {
+    let Some(w) = setup("trust-loopback") else {
+        return;
+    };
+    let cfg = w.sb.config_path();
+    let before = fs::read(&cfg).ok();
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let iss = w.idp.issuer();
+    let out = output(w.sb.escapes_run(&[
+        "trust",
+        "--config",
+        &cfg_s,
+        "--idp",
+        &iss,
+        "--approvers",
+        APPROVER,
+    ]));
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr.contains("--allow-unprivileged-loopback"),
+        "{out}"
+    );
+    assert_eq!(fs::read(&cfg).ok(), before, "nothing written");
+    assert!(w.idp.requests().is_empty());
 }

@@ -54,8 +54,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use openape_tests::harness::{
-    APPROVER, ConfigBuilder, HOST, Output, Run, SANE_PATH, Sandbox, TEST_USER, artefact, exec_raw,
-    require_root, set_owner_mode, test_user, toml_str,
+    APPROVER, ConfigBuilder, ConfigNs, HOST, Output, Run, SANE_PATH, Sandbox, TEST_USER, artefact,
+    exec_raw, require_root, set_owner_mode, test_user, toml_str,
 };
 use openape_tests::http_client;
 use openape_tests::idp::{Fault, GrantSpec, GrantType, Issued, TestIdp};
@@ -657,6 +657,7 @@ impl Ctx {
             ("log", 0o700),
             ("cache", 0o700),
             ("pam.d", 0o755),
+            ("ns", 0o700),
         ] {
             let p = dir.join(d);
             fs::create_dir(&p).unwrap();
@@ -721,6 +722,23 @@ impl Ctx {
         let p = self.path("etc/config.toml");
         fs::write(&p, text).unwrap();
         set_owner_mode(&p, 0, 0, 0o600);
+    }
+
+    /// The private mount namespace that shows the directory of this row's
+    /// config at `/etc/openape` for escapes (only real root may pass
+    /// `--config`), so the file must be named `config.toml`.
+    fn config_ns(&self) -> Arc<ConfigNs> {
+        let p = self.config_path.borrow();
+        assert_eq!(
+            p.file_name().and_then(|n| n.to_str()),
+            Some("config.toml"),
+            "escapes reads only <dir>/config.toml: {}",
+            p.display()
+        );
+        Arc::new(ConfigNs::new(
+            &self.path("ns"),
+            p.parent().expect("config has a directory"),
+        ))
     }
 
     fn set_config_path(&self, p: PathBuf) {
@@ -879,8 +897,7 @@ impl Ctx {
         let out = Run::new(self.lab.escapes())
             .arg0(self.lab.escapes())
             .arg("verify")
-            .arg("--config")
-            .arg(&*self.config_path.borrow())
+            .config_ns(self.config_ns())
             .arg("--grant-stdin")
             .arg("--")
             .args(argv)
@@ -898,10 +915,7 @@ impl Ctx {
     /// so loader variables reach nothing but escapes itself).
     fn escapes_run(&self, i: &Input) -> Run {
         let esc = self.lab.escapes();
-        let mut args: Vec<String> = vec![
-            "--config".into(),
-            self.config_path.borrow().to_string_lossy().into_owned(),
-        ];
+        let mut args: Vec<String> = Vec::new();
         let mut stdin = None;
         let mut env = i.env.clone();
         match &i.via {
@@ -940,6 +954,7 @@ impl Ctx {
         };
         r = r
             .cwd(i.cwd.clone().unwrap_or_else(|| self.dir.clone()))
+            .config_ns(self.config_ns())
             .timeout(RUN_LIMIT);
         for (k, v) in env {
             r = r.env(k, v);
@@ -1981,14 +1996,17 @@ fn signal_row(c: &Ctx, sig: i32) -> Vec<Obs> {
     c.warm(&tok, &argv);
     c.idp.set_fault_for("/api/grants/", Fault::Hang);
     let esc = c.lab.escapes();
-    let mut child = Command::new("/usr/bin/setpriv")
+    let ns = c.config_ns();
+    let mut cmd = Command::new("/usr/bin/setpriv");
+    // SAFETY: runs in the forked child before exec, as root; ConfigNs::enter
+    // makes system calls only, on strings prepared before the fork.
+    unsafe { cmd.pre_exec(move || ns.enter()) };
+    let mut child = cmd
         .arg(format!("--reuid={TEST_USER}"))
         .arg(format!("--regid={TEST_USER}"))
         .arg("--init-groups")
         .arg("--")
         .arg(&esc)
-        .arg("--config")
-        .arg(&*c.config_path.borrow())
         .arg("--grant-stdin")
         .arg("--")
         .args(&argv)
@@ -3783,7 +3801,10 @@ fn table() -> Vec<Row> {
             Case::Std(|c| {
                 let real = c.path("etc/real.toml");
                 let i = config_at(c, real.clone());
-                let link = c.path("etc/link.toml");
+                let dir = c.path("etc-with-link");
+                fs::create_dir(&dir).unwrap();
+                set_owner_mode(&dir, 0, 0, 0o755);
+                let link = dir.join("config.toml");
                 std::os::unix::fs::symlink(&real, &link).unwrap();
                 c.set_config_path(link);
                 i
