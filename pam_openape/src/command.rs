@@ -57,8 +57,17 @@ impl Matched {
     }
 }
 
-/// Check `argv` against every binding the grant has. `Err` is the reason.
+/// Check `argv` against every binding the grant has, with a grant bound by
+/// `cmd_hash` alone refused (the default). `Err` is the reason.
 pub fn check(c: &Claims, argv: &[String]) -> Result<Matched, String> {
+    check_with(c, argv, false)
+}
+
+/// [`check`], where `cmd_hash_only` (`[security] allow_cmd_hash_only`)
+/// lets a grant bound by `cmd_hash` alone pass for an argv the space join
+/// cannot confuse. The join hides which argv the approver saw, so this is
+/// off by default; the real IdP always signs `command` too.
+pub fn check_with(c: &Claims, argv: &[String], cmd_hash_only: bool) -> Result<Matched, String> {
     if argv.is_empty() {
         return Err("no command given".into());
     }
@@ -93,6 +102,12 @@ pub fn check(c: &Claims, argv: &[String]) -> Result<Matched, String> {
             .unwrap_or(h);
         if !h.eq_ignore_ascii_case(&cmd_hash(argv)) {
             return Err("command does not match the approved cmd_hash".into());
+        }
+        if strongest.is_none() && !cmd_hash_only {
+            return Err(
+                "grant binds the command only by cmd_hash, which cannot tell which argv was approved; refused unless [security] allow_cmd_hash_only = true"
+                    .into(),
+            );
         }
         if strongest.is_none() && join_is_ambiguous(argv) {
             return Err(
@@ -165,16 +180,27 @@ mod tests {
     }
 
     #[test]
-    fn cmd_hash_only_when_unambiguous() {
+    fn cmd_hash_only_when_allowed_and_unambiguous() {
         let mut c = claims();
         c.cmd_hash = Some(cmd_hash(&v(&["rm", "-rf", "/x"])));
-        assert_eq!(check(&c, &v(&["rm", "-rf", "/x"])), Ok(Matched::CmdHash));
-        // Same join, different argv: refused as ambiguous.
-        assert!(check(&c, &v(&["rm", "-rf /x"])).is_err());
+        // Refused by default, whatever the argv.
+        let e = check(&c, &v(&["rm", "-rf", "/x"]))
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("allow_cmd_hash_only"), "{e}");
+        let allowed = |c: &Claims, a: &[&str]| check_with(c, &v(a), true);
+        assert_eq!(allowed(&c, &["rm", "-rf", "/x"]), Ok(Matched::CmdHash));
+        // Same join, different argv: refused as ambiguous even when allowed.
+        assert!(allowed(&c, &["rm", "-rf /x"]).is_err());
         c.cmd_hash = Some(cmd_hash(&v(&["echo", ""])));
-        assert!(check(&c, &v(&["echo", ""])).is_err());
+        assert!(allowed(&c, &["echo", ""]).is_err());
         c.cmd_hash = Some(format!("sha256:{}", cmd_hash(&v(&["id"]))));
-        assert_eq!(check(&c, &v(&["id"])), Ok(Matched::CmdHash));
+        assert_eq!(allowed(&c, &["id"]), Ok(Matched::CmdHash));
+        // Beside `command` it must agree, and then it is not "alone".
+        c.command = Some(v(&["id"]));
+        assert_eq!(check(&c, &v(&["id"])), Ok(Matched::Argv));
+        c.cmd_hash = Some(cmd_hash(&v(&["id", "-u"])));
+        assert!(check(&c, &v(&["id"])).is_err());
     }
 
     #[test]

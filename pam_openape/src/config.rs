@@ -92,6 +92,7 @@ struct RawSecurity {
     clock_skew: Option<u32>,
     allow_self_approval: Option<bool>,
     allow_unprivileged_loopback: Option<bool>,
+    allow_cmd_hash_only: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -146,6 +147,9 @@ pub struct Config {
     /// `[security] allow_unprivileged_loopback`: a plain-http loopback
     /// issuer may use a port at or above 1024 (tests and demos only).
     pub allow_unprivileged_loopback: bool,
+    /// `[security] allow_cmd_hash_only`: accept a grant bound by `cmd_hash`
+    /// alone (old issuers; only for a whitespace-free argv).
+    pub allow_cmd_hash_only: bool,
     /// Top-level `umask` (octal, default 0022): the bits always masked for
     /// the command, on top of the caller's own umask (sudo's rule).
     pub umask: u32,
@@ -459,6 +463,7 @@ impl Config {
             clock_skew: i64::from(clock_skew),
             allow_self_approval: sec.allow_self_approval.unwrap_or(false),
             allow_unprivileged_loopback,
+            allow_cmd_hash_only: sec.allow_cmd_hash_only.unwrap_or(false),
             umask,
             subjects: raw.subjects,
             ca_bundle: raw.tls.ca_bundle,

@@ -224,7 +224,8 @@ pub fn check(
     // 11. Command.
     let matched = match req.argv {
         Some(argv) => {
-            let m = command::check(c, argv).map_err(|e| refuse(Step::Command, e))?;
+            let m = command::check_with(c, argv, cfg.allow_cmd_hash_only)
+                .map_err(|e| refuse(Step::Command, e))?;
             on_pass(Step::Command, format!("{} matches", m.describe()));
             Some(m)
         }

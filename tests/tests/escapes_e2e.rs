@@ -539,8 +539,12 @@ fn reordered_arguments_are_refused() {
     t.assert_not_consumed(&g);
 }
 
+/// DESIGN step 11 / issue 10 item 10: a grant bound by `cmd_hash` alone is
+/// refused by default (the space join hides which argv was approved);
+/// with `allow_cmd_hash_only = true` it passes, but never for an argv the
+/// join can confuse.
 #[test]
-fn cmd_hash_only_grant_is_refused_for_an_argument_with_a_space() {
+fn cmd_hash_only_grants_are_refused_by_default() {
     let Some(t) = setup("cmd-hash") else { return };
     let cmd_hash_only = |argv: &[String]| {
         let mut spec = t.spec(argv);
@@ -549,6 +553,16 @@ fn cmd_hash_only_grant_is_refused_for_an_argument_with_a_space() {
         spec.with_cmd_hash = true;
         t.idp.issue(&spec)
     };
+    let plain = t.sb.marker_cmd("plain");
+    let g = cmd_hash_only(&plain);
+    let out = t.run(&g.jwt, &[], &plain);
+    t.assert_denied(&out, 5, "command", "plain");
+    assert!(out.stderr.contains("allow_cmd_hash_only"), "{out}");
+    t.assert_not_consumed(&g);
+
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.security = "allow_cmd_hash_only = true".into();
+    t.sb.write_config(&cfg.render());
     // Ambiguous under the space join: ["touch", "<m>-a b"] hashes like
     // ["touch", "<m>-a", "b"].
     let spaced = t.sb.marker_cmd("a b");
@@ -557,8 +571,7 @@ fn cmd_hash_only_grant_is_refused_for_an_argument_with_a_space() {
     t.assert_denied(&out, 5, "command", "a b");
     t.assert_not_consumed(&g);
 
-    // Control: the same kind of grant for an unambiguous argv runs.
-    let plain = t.sb.marker_cmd("plain");
+    // Allowed and unambiguous: runs.
     let g = cmd_hash_only(&plain);
     let out = t.run(&g.jwt, &[], &plain);
     assert_eq!(out.code, 0, "{out}");

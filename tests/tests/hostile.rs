@@ -2809,6 +2809,33 @@ fn table() -> Vec<Row> {
             }),
         ),
         row(
+            "cmd-hash-only-unambiguous-refused-by-default",
+            Commands,
+            Both,
+            refused("command"),
+            Case::Std(|c| {
+                let g = c.issue(&spec_with(c, |s| {
+                    s.with_command = false;
+                    s.with_argv_hash = false;
+                }));
+                c.input(g.jwt)
+            }),
+        ),
+        row(
+            "cmd-hash-beside-command-disagrees",
+            Commands,
+            Both,
+            refused("command"),
+            Case::Std(|c| {
+                // `command` names the marker command; `cmd_hash` another.
+                let mut other = c.marker_cmd();
+                other.push(c.p("other"));
+                c.hostile(c.path("other"));
+                let hash = pam_openape::command::cmd_hash(&other);
+                with_claim(c, "cmd_hash", json!(hash))
+            }),
+        ),
+        row(
             "cmd-hash-only-empty-argument",
             Commands,
             Both,
