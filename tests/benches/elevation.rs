@@ -126,6 +126,10 @@ fn main() {
     std::fs::create_dir_all(&empty).unwrap();
     let ts = sb.path("run-sudo");
     std::fs::create_dir_all(&ts).unwrap();
+    // escapes reads only the default config path for a non-root caller:
+    // show the sandbox's etc/ at /etc/openape (overlay on /etc first, so the
+    // binds below stay on top of it).
+    sb.config_ns().enter().expect("enter the config namespace");
     private_mounts(&[
         (&sudoers, "/etc/sudoers"),
         (&empty, "/etc/sudoers.d"),
@@ -150,8 +154,6 @@ fn main() {
             &[],
             &[
                 &esc.to_string_lossy(),
-                "--config",
-                &sb.config_path().to_string_lossy(),
                 "--grant-file",
                 &gfile.to_string_lossy(),
                 "--",
