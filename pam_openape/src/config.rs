@@ -81,6 +81,8 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     update: RawUpdate,
+    #[serde(default)]
+    request: RawRequest,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +130,34 @@ struct RawUpdate {
     manifest_url: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    enabled: Option<bool>,
+    idp: Option<String>,
+    timeout: Option<u32>,
+    grant_type: Option<String>,
+}
+
+/// Longest wait for a decision that `[request] timeout` or
+/// `--wait-timeout` may ask for (one day).
+pub const MAX_REQUEST_TIMEOUT: u32 = 86_400;
+
+/// `[request]`: asking the IdP for a grant when none is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestConfig {
+    /// `false`: never request, only accept grants.
+    pub enabled: bool,
+    /// The IdP to ask: `[request] idp`, else the single allowed issuer;
+    /// `None` when there are several issuers and none is named (then
+    /// request mode is off). Always one of `allowed_issuers`.
+    pub idp: Option<String>,
+    /// Seconds to wait for a decision.
+    pub timeout: u32,
+    /// Default grant type of a request: `once`, `timed` or `always`.
+    pub grant_type: String,
+}
+
 /// The validated configuration, every default filled in.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -170,6 +200,8 @@ pub struct Config {
     /// manifest (https, or http only to a loopback address). `None`: not
     /// configured.
     pub update_manifest_url: Option<String>,
+    /// `[request]`.
+    pub request: RequestConfig,
 }
 
 fn config_err(path: &Path, msg: impl std::fmt::Display) -> Denial {
@@ -281,6 +313,48 @@ pub fn system_hostname() -> Option<String> {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = raw.trim_end_matches('\n').to_string();
     (!name.is_empty()).then_some(name)
+}
+
+fn request_config(
+    path: &Path,
+    raw: RawRequest,
+    issuers: &[String],
+) -> Result<RequestConfig, Denial> {
+    let idp = match raw.idp {
+        Some(idp) => {
+            if !issuers.iter().any(|i| i == &idp) {
+                return Err(config_err(
+                    path,
+                    format!("[request] idp {idp} must be one of [security] allowed_issuers"),
+                ));
+            }
+            Some(idp)
+        }
+        None => match issuers {
+            [only] => Some(only.clone()),
+            _ => None,
+        },
+    };
+    let timeout = raw.timeout.unwrap_or(300);
+    if !(1..=MAX_REQUEST_TIMEOUT).contains(&timeout) {
+        return Err(config_err(
+            path,
+            format!("[request] timeout must be between 1 and {MAX_REQUEST_TIMEOUT} seconds"),
+        ));
+    }
+    let grant_type = raw.grant_type.unwrap_or_else(|| "once".to_string());
+    if !matches!(grant_type.as_str(), "once" | "timed" | "always") {
+        return Err(config_err(
+            path,
+            "[request] grant_type must be \"once\", \"timed\" or \"always\"",
+        ));
+    }
+    Ok(RequestConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        idp,
+        timeout,
+        grant_type,
+    })
 }
 
 impl Config {
@@ -452,6 +526,8 @@ impl Config {
             }
         }
 
+        let request = request_config(path, raw.request, &sec.allowed_issuers)?;
+
         Ok(Config {
             path: path.to_path_buf(),
             host,
@@ -475,6 +551,7 @@ impl Config {
             jwks_min_refresh: i64::from(raw.cache.jwks_min_refresh.unwrap_or(10)),
             trusted_owner,
             update_manifest_url: raw.update.manifest_url,
+            request,
         })
     }
 }
@@ -501,6 +578,44 @@ mod tests {
             )
         });
         assert_eq!(c, Ok(("macmini", "root", vec!["escapes".to_string()])));
+    }
+
+    #[test]
+    fn request_section_defaults_and_checks() {
+        let c = parse(MIN).map(|c| c.request).map_err(|e| e.reason);
+        assert_eq!(
+            c,
+            Ok(RequestConfig {
+                enabled: true,
+                idp: Some("https://id.openape.at".into()),
+                timeout: 300,
+                grant_type: "once".into(),
+            })
+        );
+        let two = "[security]\nallowed_issuers = [\"https://a.example\", \"https://b.example\"]\nallowed_approvers = [\"x\"]\n";
+        assert_eq!(parse(two).map(|c| c.request.idp).ok(), Some(None));
+        let named = format!(
+            "{two}[request]\nidp = \"https://b.example\"\nenabled = false\ntimeout = 60\ngrant_type = \"timed\"\n"
+        );
+        let c = parse(&named).map(|c| c.request).map_err(|e| e.reason);
+        assert_eq!(
+            c,
+            Ok(RequestConfig {
+                enabled: false,
+                idp: Some("https://b.example".into()),
+                timeout: 60,
+                grant_type: "timed".into(),
+            })
+        );
+        for bad in [
+            "[request]\nidp = \"https://other.example\"\n",
+            "[request]\ntimeout = 0\n",
+            "[request]\ntimeout = 86401\n",
+            "[request]\ngrant_type = \"forever\"\n",
+            "[request]\nwait = 3\n",
+        ] {
+            assert!(parse(&format!("{MIN}{bad}")).is_err(), "{bad}");
+        }
     }
 
     #[test]

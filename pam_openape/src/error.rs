@@ -44,6 +44,9 @@ pub enum Step {
     Consume,
     /// Privilege change or exec after the verdict.
     Exec,
+    /// Asking the IdP for a grant and waiting for the decision
+    /// (request mode: denied, expired, timed out, cancelled).
+    Request,
 }
 
 impl Step {
@@ -68,6 +71,7 @@ impl Step {
             Step::Command => "command",
             Step::Consume => "consume",
             Step::Exec => "exec",
+            Step::Request => "request",
         }
     }
 }
@@ -89,6 +93,12 @@ pub enum Kind {
     Exec,
     /// The program was not found on secure_path. Exit 127.
     NotFound,
+    /// A requested grant is still pending (`--no-wait`, `--grant-id`).
+    /// Exit 75 (EX_TEMPFAIL), as `apes` does.
+    Pending,
+    /// Waiting was interrupted by this signal; the request was cancelled.
+    /// Exit 128 + the signal number (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
+    Interrupted(i32),
 }
 
 /// A refusal: nothing runs.
@@ -121,6 +131,8 @@ impl Denial {
             Kind::Usage => 2,
             Kind::Exec => 126,
             Kind::NotFound => 127,
+            Kind::Pending => 75,
+            Kind::Interrupted(sig) => 128 + sig.clamp(1, 64),
         }
     }
 }

@@ -178,6 +178,99 @@ impl Client {
     }
 }
 
+/// An answer of [`Client::call`]: status, capped body, and the headers
+/// the request flow needs (cache validator and rate-limit hint).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// `ETag`, when present, printable ASCII and at most 256 bytes.
+    pub etag: Option<String>,
+    /// `Retry-After` in seconds, when present in its delta-seconds form.
+    pub retry_after: Option<u64>,
+}
+
+/// The methods [`Client::call`] speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+impl Client {
+    /// Start a new deadline of `timeout` for the requests that follow (a
+    /// long wait makes many requests; each gets the whole timeout).
+    pub fn renew(&mut self, timeout: Duration) {
+        self.deadline = Instant::now() + timeout;
+    }
+
+    /// One JSON request: `GET` or `POST` (with `json` as the body, or an
+    /// empty one), an optional bearer token (Authorization header only,
+    /// never in an error) and an optional `If-None-Match`. Same hardening
+    /// as every other request of this client; a redirect is an error.
+    pub fn call(
+        &self,
+        method: Method,
+        url: &str,
+        bearer: Option<&str>,
+        json: Option<&[u8]>,
+        if_none_match: Option<&str>,
+    ) -> Result<Reply, String> {
+        let left = self.remaining()?;
+        let auth = bearer.map(|b| format!("Bearer {b}"));
+        let resp = match method {
+            Method::Get => {
+                let mut rb = self.agent.get(url).header("Accept", "application/json");
+                if let Some(a) = &auth {
+                    rb = rb.header("Authorization", a);
+                }
+                if let Some(tag) = if_none_match {
+                    rb = rb.header("If-None-Match", tag);
+                }
+                rb.config().timeout_global(Some(left)).build().call()
+            }
+            Method::Post => {
+                let mut rb = self
+                    .agent
+                    .post(url)
+                    .header("Accept", "application/json")
+                    .header("Content-Type", "application/json");
+                if let Some(a) = &auth {
+                    rb = rb.header("Authorization", a);
+                }
+                let rb = rb.config().timeout_global(Some(left)).build();
+                match json {
+                    Some(body) => rb.send(body),
+                    None => rb.send_empty(),
+                }
+            }
+        }
+        .map_err(describe)?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let etag = header("etag").filter(|t| {
+            !t.is_empty() && t.len() <= 256 && t.bytes().all(|b| (0x20..0x7f).contains(&b))
+        });
+        let retry_after = header("retry-after").and_then(|v| {
+            let v = v.trim();
+            (!v.is_empty() && v.len() <= 10 && v.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| v.parse::<u64>().ok())
+                .flatten()
+        });
+        let Response { status, body } = read(resp)?;
+        Ok(Reply {
+            status,
+            body,
+            etag,
+            retry_after,
+        })
+    }
+}
+
 /// What [`Client::download`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Download {

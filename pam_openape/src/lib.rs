@@ -16,6 +16,7 @@ pub mod http;
 pub mod invocation;
 pub mod jwks;
 pub mod pam;
+pub mod request;
 pub mod time;
 pub mod token;
 pub mod trust;

@@ -75,7 +75,9 @@ fn guarded(f: impl FnOnce() -> PamResultCode) -> PamResultCode {
 
 fn code_for(d: &Denial) -> PamResultCode {
     match d.kind {
-        Kind::Refused | Kind::Usage => PamResultCode::PAM_AUTH_ERR,
+        Kind::Refused | Kind::Usage | Kind::Pending | Kind::Interrupted(_) => {
+            PamResultCode::PAM_AUTH_ERR
+        }
         Kind::Unavailable => PamResultCode::PAM_AUTHINFO_UNAVAIL,
         Kind::Config | Kind::Io | Kind::Exec | Kind::NotFound => PamResultCode::PAM_SERVICE_ERR,
     }

@@ -1,0 +1,510 @@
+//! Run a piece of work as the caller, in a forked child, and talk to it
+//! only through a pipe.
+//!
+//! The child becomes the caller for good (initgroups, setresgid,
+//! setresuid, then it checks there is no way back) before the work starts,
+//! so every file it opens and every socket it makes has exactly the
+//! caller's rights. It is not dumpable, dies with its parent, keeps only
+//! its two pipe ends and /dev/null on 0–2, ignores the terminal's signals
+//! (the parent decides when to stop it), and always ends with `_exit`:
+//! it never returns into the caller's code, no panic unwinds out of it,
+//! and it starts no thread.
+//!
+//! The privileged side reads short lines (`TAG TEXT`), each at most
+//! [`MAX_LINE`] bytes and [`MAX_TOTAL`] in all; anything else ends the
+//! child. The parent can ask the child to stop by closing or writing to
+//! the control pipe, and kills it outright when it is done with it
+//! (dropping [`Child`] kills and reaps).
+//!
+//! Used by `escapes` request mode and meant for the PAM module: fork is
+//! safe there only because the child runs nothing but system calls, the
+//! allocator (glibc's malloc is fork-aware) and code that takes no lock
+//! another thread of the host could hold.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use crate::error::{Denial, Kind, Step};
+
+/// Longest line from the child (a grant JWT plus its tag).
+pub const MAX_LINE: usize = crate::token::MAX_TOKEN_LEN + 64;
+/// Most bytes the parent reads from one child.
+pub const MAX_TOTAL: usize = 64 * 1024;
+
+/// Who the child becomes.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+}
+
+/// The child's end: send lines up, watch for a stop from the parent.
+pub struct Channel {
+    up: OwnedFd,
+    control: OwnedFd,
+}
+
+impl Channel {
+    /// Send one line `TAG TEXT`. Control characters in `text` are
+    /// replaced, and a line longer than [`MAX_LINE`] is not sent.
+    pub fn send(&mut self, tag: &str, text: &str) -> bool {
+        let clean: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let line = if clean.is_empty() {
+            format!("{tag}\n")
+        } else {
+            format!("{tag} {clean}\n")
+        };
+        if line.len() > MAX_LINE {
+            return false;
+        }
+        write_all(self.up.as_raw_fd(), line.as_bytes())
+    }
+
+    /// Sleep up to `d`; `true` as soon as the parent asks the child to
+    /// stop (a byte on the control pipe, or the pipe closed).
+    pub fn stop_requested(&self, d: Duration) -> bool {
+        let ms = i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        let mut pfd = libc::pollfd {
+            fd: self.control.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let start = Instant::now();
+        loop {
+            let left =
+                ms.saturating_sub(i32::try_from(start.elapsed().as_millis()).unwrap_or(i32::MAX));
+            // SAFETY: poll reads and writes one pollfd that lives on this
+            // stack frame for the whole call.
+            let rc = unsafe { libc::poll(&mut pfd, 1, left.max(0)) };
+            if rc > 0 {
+                return true;
+            }
+            if rc == 0 || left <= 0 {
+                return false;
+            }
+            // EINTR: poll again for what is left.
+        }
+    }
+}
+
+fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
+    while !buf.is_empty() {
+        // SAFETY: write reads `buf.len()` bytes from a live slice.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        let n = usize::try_from(n).unwrap_or(0);
+        if n == 0 {
+            return false;
+        }
+        buf = buf.get(n..).unwrap_or_default();
+    }
+    true
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), Denial> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Denial::new(
+            Step::Request,
+            Kind::Io,
+            format!("cannot create a pipe: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    // SAFETY: both descriptors were just created and are owned only here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// What the parent reads next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// One line: tag and text.
+    Line(String, String),
+    /// Nothing within the wait (or the wait was interrupted by a signal).
+    Idle,
+    /// The child closed its end (it exited or died).
+    Closed,
+}
+
+/// The parent's handle. Dropping it kills and reaps the child.
+pub struct Child {
+    pid: libc::pid_t,
+    down: Option<OwnedFd>,
+    up: OwnedFd,
+    buf: Vec<u8>,
+    total: usize,
+    closed: bool,
+    reaped: bool,
+}
+
+impl Child {
+    /// Ask the child to stop what it is doing (it decides how: request
+    /// mode cancels the grant request). It may still send lines.
+    pub fn request_stop(&mut self) {
+        if let Some(fd) = self.down.take() {
+            let _ = write_all(fd.as_raw_fd(), b"x");
+            drop(fd);
+        }
+    }
+
+    /// The next line, waiting at most `wait`. A signal ends the wait
+    /// early with [`Next::Idle`]. A line that is too long, too much data
+    /// or bytes that are not UTF-8: `Err`, and the child is killed.
+    pub fn next(&mut self, wait: Duration) -> Result<Next, Denial> {
+        let bad = |what: &str| {
+            Denial::new(
+                Step::Request,
+                Kind::Unavailable,
+                format!("request helper: {what}"),
+            )
+        };
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                let text = std::str::from_utf8(line.get(..pos).unwrap_or_default())
+                    .map_err(|_| {
+                        self.kill();
+                        bad("sent bytes that are not UTF-8")
+                    })?
+                    .to_string();
+                let (tag, rest) = text.split_once(' ').unwrap_or((text.as_str(), ""));
+                return Ok(Next::Line(tag.to_string(), rest.to_string()));
+            }
+            if self.buf.len() > MAX_LINE {
+                self.kill();
+                return Err(bad("sent a line that is too long"));
+            }
+            if self.closed {
+                return Ok(Next::Closed);
+            }
+            let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+            let mut pfd = libc::pollfd {
+                fd: self.up.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one pollfd living on this stack frame.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc <= 0 {
+                return Ok(Next::Idle);
+            }
+            let mut chunk = [0u8; 4096];
+            // SAFETY: read writes at most `chunk.len()` bytes into it.
+            let n =
+                unsafe { libc::read(self.up.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    return Ok(Next::Idle);
+                }
+                self.closed = true;
+                continue;
+            }
+            let n = usize::try_from(n).unwrap_or(0);
+            if n == 0 {
+                self.closed = true;
+                continue;
+            }
+            self.total = self.total.saturating_add(n);
+            if self.total > MAX_TOTAL {
+                self.kill();
+                return Err(bad("sent too much"));
+            }
+            self.buf
+                .extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+    }
+
+    /// Kill the child (SIGKILL) and reap it.
+    pub fn kill(&mut self) {
+        if self.reaped {
+            return;
+        }
+        // SAFETY: kill and waitpid on our own child's pid, which stays ours
+        // until it is reaped here.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            let mut status = 0;
+            while libc::waitpid(self.pid, &mut status, 0) < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+            }
+        }
+        self.reaped = true;
+        self.closed = true;
+    }
+
+    /// Wait up to `wait` for the child to exit by itself; kill it then.
+    pub fn finish(&mut self, wait: Duration) {
+        let start = Instant::now();
+        while !self.reaped && start.elapsed() < wait {
+            let mut status = 0;
+            // SAFETY: non-blocking waitpid on our own child.
+            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+            if rc == self.pid || rc < 0 {
+                self.reaped = true;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Become `caller` for good. Runs in the child, as root (or as the caller
+/// already, when the caller is root).
+fn become_caller(c: &Caller) -> Result<(), String> {
+    use nix::unistd::{Gid, Uid};
+    let name = CString::new(c.name.as_bytes()).map_err(|_| "user name contains NUL".to_string())?;
+    let gid = Gid::from_raw(c.gid);
+    let uid = Uid::from_raw(c.uid);
+    nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid: {e}"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {e}"))?;
+    let ids = nix::unistd::getresuid().map_err(|e| format!("getresuid: {e}"))?;
+    let gids = nix::unistd::getresgid().map_err(|e| format!("getresgid: {e}"))?;
+    if ids.real != uid || ids.effective != uid || ids.saved != uid {
+        return Err("user id did not change completely".into());
+    }
+    if gids.real != gid || gids.effective != gid || gids.saved != gid {
+        return Err("group id did not change completely".into());
+    }
+    if c.uid != 0 {
+        if nix::unistd::setuid(Uid::from_raw(0)).is_ok()
+            || nix::unistd::seteuid(Uid::from_raw(0)).is_ok()
+        {
+            return Err("could regain root after dropping privileges".into());
+        }
+        if nix::unistd::setgroups(&[Gid::from_raw(0)]).is_ok() {
+            return Err("could change groups after dropping privileges".into());
+        }
+    }
+    Ok(())
+}
+
+/// Close every descriptor above 2 except `keep`.
+fn close_others(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.to_vec();
+    keep.sort_unstable();
+    let mut from: libc::c_uint = 3;
+    for fd in keep.into_iter().filter(|fd| *fd >= 3) {
+        let fd = fd as libc::c_uint;
+        if fd > from {
+            // SAFETY: close_range only closes descriptors of this process.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0 as libc::c_uint) };
+        }
+        from = fd + 1;
+    }
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            from,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+}
+
+/// The child's set-up before any work: signals, identity, descriptors.
+fn child_setup(caller: &Caller, parent: libc::pid_t, keep: &[RawFd]) -> Result<(), String> {
+    // SAFETY: signal dispositions and the mask of this (single-threaded)
+    // child; SIG_IGN and SIG_DFL are not handlers that run code.
+    unsafe {
+        for sig in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGTSTP,
+            libc::SIGTTIN,
+            libc::SIGTTOU,
+            libc::SIGPIPE,
+        ] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+    become_caller(caller)?;
+    // Changing credentials already cleared these; set them for certain.
+    // SAFETY: prctl with integer arguments on this process only.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != parent {
+            return Err("the parent is gone".into());
+        }
+    }
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("/dev/null: {e}"))?;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors of this child.
+        unsafe { libc::dup2(devnull.as_raw_fd(), fd) };
+    }
+    drop(devnull);
+    close_others(keep);
+    let _ = std::env::set_current_dir("/");
+    Ok(())
+}
+
+/// Fork a child that becomes `caller` and runs `work`, then `_exit`s with
+/// its result (0–255; 70 if `work` panicked or set-up failed, after a
+/// `fail` line). Must be called from a single-threaded process or a place
+/// where no other thread holds a lock `work` needs.
+pub fn spawn(caller: &Caller, work: impl FnOnce(&mut Channel) -> i32) -> Result<Child, Denial> {
+    let (up_r, up_w) = pipe()?;
+    let (down_r, down_w) = pipe()?;
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: fork; the child below never returns into the caller's code:
+    // it runs `work` under catch_unwind and ends with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(Denial::new(
+            Step::Request,
+            Kind::Io,
+            format!("cannot fork: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    if pid == 0 {
+        drop(up_r);
+        drop(down_w);
+        let keep = [up_w.as_raw_fd(), down_r.as_raw_fd()];
+        let mut chan = Channel {
+            up: up_w,
+            control: down_r,
+        };
+        let code = catch_unwind(AssertUnwindSafe(|| {
+            match child_setup(caller, parent, &keep) {
+                Ok(()) => work(&mut chan),
+                Err(e) => {
+                    chan.send("fail", &format!("io cannot become the caller: {e}"));
+                    70
+                }
+            }
+        }))
+        .unwrap_or(70);
+        // SAFETY: _exit ends the child at once, without running the
+        // parent's atexit handlers or destructors.
+        unsafe { libc::_exit(code.clamp(0, 255)) }
+    }
+    drop(up_w);
+    drop(down_r);
+    Ok(Child {
+        pid,
+        down: Some(down_w),
+        up: up_r,
+        buf: Vec::new(),
+        total: 0,
+        closed: false,
+        reaped: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn me() -> Caller {
+        let uid = nix::unistd::getuid();
+        let user = nix::unistd::User::from_uid(uid).unwrap().unwrap();
+        Caller {
+            uid: uid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            name: user.name,
+        }
+    }
+
+    #[test]
+    fn lines_come_up_and_a_stop_goes_down() {
+        let mut child = spawn(&me(), |chan| {
+            chan.send("hello", "a\nb");
+            if chan.stop_requested(Duration::from_secs(10)) {
+                chan.send("stopped", "");
+            }
+            0
+        })
+        .unwrap();
+        assert_eq!(
+            child.next(Duration::from_secs(5)).unwrap(),
+            Next::Line("hello".into(), "a b".into())
+        );
+        child.request_stop();
+        assert_eq!(
+            child.next(Duration::from_secs(5)).unwrap(),
+            Next::Line("stopped".into(), String::new())
+        );
+        assert_eq!(child.next(Duration::from_secs(5)).unwrap(), Next::Closed);
+    }
+
+    #[test]
+    fn a_panic_ends_the_child_and_nothing_else() {
+        let mut child = spawn(&me(), |_| panic!("boom")).unwrap();
+        assert_eq!(child.next(Duration::from_secs(5)).unwrap(), Next::Closed);
+    }
+
+    #[test]
+    fn too_much_output_is_refused() {
+        let mut child = spawn(&me(), |chan| {
+            let mut long = String::new();
+            for _ in 0..(MAX_LINE / 64 + 2) {
+                long.push_str(&"x".repeat(64));
+            }
+            // `send` refuses it; write it raw to prove the parent copes.
+            write_all(chan.up.as_raw_fd(), long.as_bytes());
+            0
+        })
+        .unwrap();
+        let mut result = child.next(Duration::from_secs(5));
+        for _ in 0..10 {
+            if result.is_err() {
+                break;
+            }
+            result = child.next(Duration::from_secs(5));
+        }
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn descriptors_other_than_the_pipes_are_closed() {
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let fd = file.as_raw_fd();
+        let mut child = spawn(&me(), move |chan| {
+            // SAFETY: fcntl(F_GETFD) on an integer descriptor.
+            let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            chan.send("open", if open { "yes" } else { "no" });
+            0
+        })
+        .unwrap();
+        assert_eq!(
+            child.next(Duration::from_secs(5)).unwrap(),
+            Next::Line("open".into(), "no".into())
+        );
+        drop(file);
+    }
+}
