@@ -31,6 +31,28 @@ pub struct Opts {
     pub chdir: Option<PathBuf>,
     pub preserve_env: Vec<String>,
     pub command: Vec<OsString>,
+    /// Request mode (no grant given): how to ask for one.
+    pub request: RequestOpts,
+}
+
+/// Options of request mode (DESIGN.md, "Request-and-wait").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestOpts {
+    pub reason: Option<String>,
+    pub grant_type: Option<String>,
+    pub duration: Option<u64>,
+    pub wait_timeout: Option<u32>,
+    pub no_wait: bool,
+    pub grant_id: Option<String>,
+    pub key: Option<PathBuf>,
+    pub agent_email: Option<String>,
+}
+
+impl RequestOpts {
+    /// Was any request-only option given?
+    pub fn any(&self) -> bool {
+        *self != RequestOpts::default()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +61,7 @@ pub enum Action {
     Verify(Opts),
     Trust(Vec<OsString>),
     Update(Vec<OsString>),
+    Enroll(Vec<OsString>),
     Help,
     Version,
 }
@@ -55,7 +78,22 @@ fn usage(msg: impl Into<String>) -> Usage {
 fn takes_value(name: &str) -> bool {
     matches!(
         name,
-        "u" | "user" | "run-as" | "g" | "group" | "D" | "chdir" | "config" | "grant" | "grant-file"
+        "u" | "user"
+            | "run-as"
+            | "g"
+            | "group"
+            | "D"
+            | "chdir"
+            | "config"
+            | "grant"
+            | "grant-file"
+            | "reason"
+            | "grant-type"
+            | "duration"
+            | "wait-timeout"
+            | "grant-id"
+            | "key"
+            | "agent-email"
     )
 }
 
@@ -114,6 +152,7 @@ pub fn parse(args: &[OsString]) -> Result<Action, Usage> {
         }
         Some(b"trust") => return Ok(Action::Trust(args.get(1..).unwrap_or_default().to_vec())),
         Some(b"update") => return Ok(Action::Update(args.get(1..).unwrap_or_default().to_vec())),
+        Some(b"enroll") => return Ok(Action::Enroll(args.get(1..).unwrap_or_default().to_vec())),
         Some(b"--update") if args.len() == 1 => return Ok(Action::Update(Vec::new())),
         Some(b"-h" | b"--help") if args.len() == 1 => return Ok(Action::Help),
         Some(b"-V" | b"--version") if args.len() == 1 => return Ok(Action::Version),
@@ -180,6 +219,65 @@ fn apply(opts: &mut Opts, name: &str, value: Option<&OsStr>) -> Result<(), Usage
                 value.ok_or_else(|| usage("option --grant-file needs a value"))?,
             )),
         )?,
+        "reason" => {
+            let r = val("--reason")?;
+            if r.len() > 1000 || r.chars().any(char::is_control) {
+                return Err(usage("--reason must be one line of at most 1000 bytes"));
+            }
+            opts.request.reason = Some(r);
+        }
+        "grant-type" => {
+            let t = val("--grant-type")?;
+            if !matches!(t.as_str(), "once" | "timed" | "always") {
+                return Err(usage("--grant-type must be once, timed or always"));
+            }
+            opts.request.grant_type = Some(t);
+        }
+        "duration" => {
+            opts.request.duration = Some(
+                val("--duration")?
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|d| (1..=31_536_000).contains(d))
+                    .ok_or_else(|| {
+                        usage("--duration must be a number of seconds (1 to one year)")
+                    })?,
+            )
+        }
+        "wait-timeout" => {
+            let max = pam_openape::config::MAX_REQUEST_TIMEOUT;
+            opts.request.wait_timeout = Some(
+                val("--wait-timeout")?
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|d| (1..=max).contains(d))
+                    .ok_or_else(|| {
+                        usage(format!(
+                            "--wait-timeout must be a number of seconds (1 to {max})"
+                        ))
+                    })?,
+            )
+        }
+        "no-wait" => opts.request.no_wait = true,
+        "grant-id" => {
+            let id = val("--grant-id")?;
+            if !pam_openape::request::proto::grant_id_ok(&id) {
+                return Err(usage("--grant-id is not a grant id"));
+            }
+            opts.request.grant_id = Some(id);
+        }
+        "key" => {
+            opts.request.key = Some(PathBuf::from(
+                value.ok_or_else(|| usage("option --key needs a value"))?,
+            ))
+        }
+        "agent-email" => {
+            let e = val("--agent-email")?;
+            if !pam_openape::request::identity::email_ok(&e) {
+                return Err(usage("--agent-email is not an email address"));
+            }
+            opts.request.agent_email = Some(e);
+        }
         "help" | "version" => {
             return Err(usage(format!(
                 "--{name} cannot be combined with other arguments"
@@ -338,6 +436,9 @@ Usage:
   escapes trust [--idp URL] [--approvers A,B] [--replace] [--skip-validation]
                            set the trusted IdP and approvers (root only;
                            escapes trust --help)
+  escapes enroll --idp URL --name NAME [--key PATH] [--agent-email EMAIL]
+                           create an agent key and enroll it at the IdP
+                           (runs with your own rights only)
   escapes update [--check] [--force] [--manifest-url URL]   (old form: --update)
                            checksum-verified self-update from the release
                            manifest (root only; escapes update --help)
@@ -351,6 +452,22 @@ Grant (first found wins; never echoed, never logged):
                            users in the process list: prefer the two above)
   ESCAPES_GRANT, OPENAPE_GRANT   environment variables, read and then dropped
   otherwise a prompt on the terminal (no echo), unless -n
+
+No grant given? With an OpenApe identity (an apes session, or an Ed25519
+key: --key, [agent] key in ~/.config/apes/config.toml, ~/.ssh/id_ed25519),
+escapes asks the IdP for one, prints 'Approve at: URL', waits for the
+approver and runs the command once it is approved:
+  --reason TEXT            why (shown to the approver)
+  --grant-type TYPE        once (default), timed or always
+  --duration SECS          lifetime of a timed grant
+  --wait-timeout SECS      how long to wait (default [request] timeout, 300)
+  --no-wait                ask, print the URL and grant id, exit 75
+  --grant-id ID            pick up an earlier request: run if approved, 75
+                           if still pending
+  --key PATH               the agent key to log in with
+  --agent-email EMAIL      the agent's email (default [agent] email, or the
+                           comment of KEY.pub)
+Ctrl-C, SIGTERM or SIGHUP while waiting cancel the request at the IdP.
 
 Options:
   -u, --user USER          run as USER (name or #UID); alias --run-as. Must be
@@ -371,8 +488,10 @@ DISPLAY and [env] keep pass; HOME, USER, LOGNAME, SHELL, PATH and SUDO_USER,
 SUDO_UID, SUDO_GID, SUDO_COMMAND are set.
 
 Exit status: the command's own, or 1 configuration, network or I/O error,
-2 usage error, 5 grant refused (locally or by the IdP), 126 cannot run or
-cannot change user, 127 command not found.
+2 usage error, 5 grant refused (locally or by the IdP; denied, expired or
+not approved in time), 75 request still pending, 126 cannot run or cannot
+change user, 127 command not found, 129/130/143 interrupted while waiting
+(SIGHUP/SIGINT/SIGTERM; the request was cancelled).
 
 Every run and every refusal is appended to the audit log (JSONL). See
 escapes(8) and openape.toml(5).

@@ -12,7 +12,9 @@
 
 mod atomic;
 mod cli;
+mod enroll;
 mod env;
+mod request;
 mod sys;
 mod trust;
 mod update;
@@ -112,6 +114,7 @@ fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>, state: &sys::Ca
         }
         Action::Trust(args) => trust::run(&args),
         Action::Update(args) => update::run(&args),
+        Action::Enroll(args) => enroll::run(&args),
         Action::Run(opts) => elevate(&opts, &snapshot, state),
         Action::Verify(opts) => dry_run(&opts, &snapshot),
     }
@@ -237,7 +240,19 @@ fn elevate_logged(
     check_preserve_env(opts, &ctx.cfg)?;
     let argv = utf8_argv(&opts.command)?;
 
-    let token = read_grant(opts, snapshot, &caller)?;
+    // No grant given but an OpenApe identity: ask the IdP (request.rs).
+    let asked = request::grant_from_idp(
+        opts,
+        snapshot,
+        &caller,
+        ctx,
+        &argv,
+        requested.as_ref().map(|u| u.name.as_str()),
+    )?;
+    let token = match asked {
+        Some(t) => t,
+        None => read_grant(opts, snapshot, &caller)?,
+    };
     ctx.token_fp = Some(fingerprint(&token));
 
     let cfg = &ctx.cfg;
