@@ -264,6 +264,18 @@ pub fn test_user() -> &'static TestUser {
     })
 }
 
+/// The home directory of `user` in the passwd database.
+pub fn passwd_home(user: &str) -> String {
+    let out = sh("/usr/bin/getent", &["passwd", user]);
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(':')
+        .nth(5)
+        .filter(|h| h.starts_with('/') && *h != "/")
+        .unwrap_or_else(|| panic!("{user} has no usable home directory in passwd"))
+        .to_string()
+}
+
 /// Numeric groups of `user` from the group database (`id -G user`).
 pub fn groups_of(user: &str) -> Vec<u32> {
     id_of(&["-G", user])
@@ -340,6 +352,21 @@ pub struct ConfigNs {
     work: CString,
     overlay_opts: CString,
     config_dir: CString,
+    /// Request-mode suites: a home directory for the test user.
+    home: Option<HomeBind>,
+}
+
+/// `<sandbox>/home` shown at the test user's passwd home inside the
+/// namespace; the home's parent (`/home`) is overlaid first, so the
+/// mount point exists without writing to the machine.
+#[derive(Debug)]
+struct HomeBind {
+    src: CString,
+    target: CString,
+    parent: CString,
+    upper: CString,
+    work: CString,
+    overlay_opts: CString,
 }
 
 impl ConfigNs {
@@ -356,7 +383,35 @@ impl ConfigNs {
             ))
             .expect("no NUL in path"),
             config_dir: c(config_dir),
+            home: None,
         }
+    }
+
+    /// As [`ConfigNs::new`], plus `home_src` bind-mounted at `home_target`.
+    pub fn with_home(
+        scratch: &Path,
+        config_dir: &Path,
+        home_src: &Path,
+        home_target: &Path,
+    ) -> ConfigNs {
+        let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("no NUL in path");
+        let parent = home_target.parent().expect("home has a parent");
+        let mut ns = ConfigNs::new(scratch, config_dir);
+        ns.home = Some(HomeBind {
+            src: c(home_src),
+            target: c(home_target),
+            parent: c(parent),
+            upper: c(&scratch.join("hu")),
+            work: c(&scratch.join("hw")),
+            overlay_opts: CString::new(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                parent.display(),
+                scratch.join("hu").display(),
+                scratch.join("hw").display()
+            ))
+            .expect("no NUL in path"),
+        });
+        ns
     }
 
     /// Enter the namespace. Runs in a forked child (only system calls on
@@ -419,6 +474,36 @@ impl ConfigNs {
             ) != 0
             {
                 return Err(err());
+            }
+            if let Some(h) = &self.home {
+                if libc::mkdir(h.upper.as_ptr(), 0o755) != 0
+                    || libc::chmod(h.upper.as_ptr(), 0o755) != 0
+                    || libc::mkdir(h.work.as_ptr(), 0o700) != 0
+                    || libc::mount(
+                        c"overlay".as_ptr(),
+                        h.parent.as_ptr(),
+                        c"overlay".as_ptr(),
+                        0,
+                        h.overlay_opts.as_ptr().cast(),
+                    ) != 0
+                {
+                    return Err(err());
+                }
+                if libc::mkdir(h.target.as_ptr(), 0o755) != 0
+                    && *libc::__errno_location() != libc::EEXIST
+                {
+                    return Err(err());
+                }
+                if libc::mount(
+                    h.src.as_ptr(),
+                    h.target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(err());
+                }
             }
         }
         Ok(())
@@ -920,6 +1005,8 @@ impl ConfigBuilder {
 pub struct Sandbox {
     root: PathBuf,
     ns: Arc<ConfigNs>,
+    /// Set by [`Sandbox::with_user_home`]: (sandbox dir, passwd home).
+    home: Option<(PathBuf, PathBuf)>,
 }
 
 impl Sandbox {
@@ -934,7 +1021,11 @@ impl Sandbox {
         }
         mkdir(&root, 0o755);
         let ns = Arc::new(ConfigNs::new(&root.join("ns"), &root.join("etc")));
-        let sb = Sandbox { root, ns };
+        let sb = Sandbox {
+            root,
+            ns,
+            home: None,
+        };
         for d in ["bin", "etc"] {
             mkdir(&sb.path(d), 0o755);
         }
@@ -1036,11 +1127,41 @@ impl Sandbox {
     pub fn config_ns_shell(&self) -> String {
         let ns = self.path("ns");
         let etc = self.path("etc");
+        let home = match &self.home {
+            None => String::new(),
+            Some((src, target)) => {
+                let parent = target.parent().unwrap_or(Path::new("/home"));
+                format!(
+                    " && mkdir -m 0755 {ns}/hu && mkdir -m 0700 {ns}/hw && mount -t overlay overlay -o lowerdir={p},upperdir={ns}/hu,workdir={ns}/hw {p} && mkdir -p {t} && mount --bind {s} {t}",
+                    ns = ns.display(),
+                    p = parent.display(),
+                    t = target.display(),
+                    s = src.display()
+                )
+            }
+        };
         format!(
-            "unshare --mount --propagation private -- /bin/sh -c 'mount -t tmpfs -o mode=0755 tmpfs {ns} && mkdir -m 0755 {ns}/u && mkdir -m 0700 {ns}/w && mount -t overlay overlay -o lowerdir=/etc,upperdir={ns}/u,workdir={ns}/w /etc && mkdir -p /etc/openape && mount --bind {etc} /etc/openape && exec \"$@\"' sh",
+            "unshare --mount --propagation private -- /bin/sh -c 'mount -t tmpfs -o mode=0755 tmpfs {ns} && mkdir -m 0755 {ns}/u && mkdir -m 0700 {ns}/w && mount -t overlay overlay -o lowerdir=/etc,upperdir={ns}/u,workdir={ns}/w /etc && mkdir -p /etc/openape && mount --bind {etc} /etc/openape{home} && exec \"$@\"' sh",
             ns = ns.display(),
             etc = etc.display()
         )
+    }
+
+    /// Give the test user a home of its own for this sandbox: `<root>/home`
+    /// (owned by the user, 0755), shown at the user's passwd home in every
+    /// config-namespace run (runs, [`Sandbox::config_ns_shell`]). The
+    /// machine's home directories are not touched. Returns `<root>/home`.
+    pub fn with_user_home(&mut self) -> PathBuf {
+        let src = self.user_dir("home");
+        let target = PathBuf::from(passwd_home(TEST_USER));
+        self.ns = Arc::new(ConfigNs::with_home(
+            &self.path("ns"),
+            &self.path("etc"),
+            &src,
+            &target,
+        ));
+        self.home = Some((src.clone(), target));
+        src
     }
 
     /// The path escapes reads its configuration from inside

@@ -57,6 +57,8 @@ const ONCE_LIFETIME: u64 = 5 * 60;
 const ALWAYS_LIFETIME: u64 = 60 * 60;
 const DEFAULT_TIMED_DURATION: u64 = 60 * 60;
 const LOGIN_LIFETIME: u64 = 8 * 60 * 60;
+/// Agent-login challenges are single use and live this long.
+const CHALLENGE_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Default approver for grants approved without a `decided_by`.
 const DEFAULT_APPROVER: &str = "alice@example.com";
@@ -182,6 +184,20 @@ pub enum Fault {
     Dribble(Duration),
     /// Answer with this status and this body verbatim (`application/json`).
     Body(u16, String),
+    /// 429 Too Many Requests with `Retry-After: <secs>` (the real IdP's
+    /// rate limit).
+    RateLimited(u64),
+}
+
+/// What the test IdP changes in a grant token it mints from
+/// `POST /api/grants/{id}/token` (a compromised or buggy IdP): each `Some`
+/// field replaces the grant's own value in the token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenSwap {
+    pub command: Option<Vec<String>>,
+    pub target_host: Option<String>,
+    pub run_as: Option<String>,
+    pub decided_by: Option<String>,
 }
 
 /// How `GET /_test/release/bin` (the release server of the `escapes
@@ -266,6 +282,10 @@ struct Grant {
     /// Timed grants: set on approval to approval time + duration.
     expires_at: Option<u64>,
     used_at: Option<u64>,
+    /// The agent that created it with a bearer token; only that agent
+    /// may read it, fetch its token or cancel it. `None`: made without a
+    /// bearer (the older suites and the `/_test` routes), open to all.
+    owner: Option<String>,
 }
 
 impl Grant {
@@ -289,6 +309,7 @@ impl Grant {
             decided_at: None,
             expires_at: None,
             used_at: None,
+            owner: None,
         }
     }
 
@@ -359,6 +380,19 @@ struct State {
     release_manifest: Option<Vec<u8>>,
     release_bin: Arc<Vec<u8>>,
     release_mode: ReleaseMode,
+    /// Enrolled agents: email -> Ed25519 public key.
+    agents: HashMap<String, [u8; 32]>,
+    /// Agent-login challenges: challenge -> (agent email, issued at).
+    agent_challenges: HashMap<String, (String, Instant)>,
+    /// Approve every new grant at once, as this approver.
+    auto_approve: Option<String>,
+    /// Answer a request for a timed/always grant with a matching approved
+    /// one (200) instead of a new grant.
+    reuse_grants: bool,
+    /// Change the next tokens minted by `/token`.
+    token_swap: Option<TokenSwap>,
+    /// Grant ids in the order they were created.
+    order: Vec<String>,
 }
 
 impl State {
@@ -386,8 +420,24 @@ impl State {
         if self.grants.len() >= MAX_GRANTS {
             return false;
         }
+        self.order.push(g.id.clone());
         self.grants.insert(g.id.clone(), g);
         true
+    }
+
+    /// The `sub` of a valid, unexpired agent login token (`aud`
+    /// `apes-cli`) in an `Authorization: Bearer` header.
+    fn agent_of(&self, req: &Request) -> Option<String> {
+        let bearer = req.header("authorization").and_then(|v| {
+            let (scheme, tok) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim())
+        })?;
+        let c = self.verify_own_token(bearer)?;
+        let fresh = c.get("exp").and_then(Value::as_u64).is_some_and(|e| e > now_secs());
+        if c.get("aud").and_then(Value::as_str) != Some("apes-cli") || !fresh {
+            return None;
+        }
+        c.get("sub").and_then(Value::as_str).map(str::to_string)
     }
 
     /// The token for an approved grant, signed with the current key.
@@ -628,6 +678,12 @@ impl TestIdp {
                 release_manifest: None,
                 release_bin: Arc::new(Vec::new()),
                 release_mode: ReleaseMode::Whole,
+                agents: HashMap::new(),
+                agent_challenges: HashMap::new(),
+                auto_approve: None,
+                reuse_grants: false,
+                token_swap: None,
+                order: Vec::new(),
             }),
             stop: AtomicBool::new(false),
             finished: AtomicBool::new(false),
@@ -731,6 +787,104 @@ impl TestIdp {
         let grant_id = grant.id.clone();
         assert!(st.insert_grant(grant), "test IdP grant store full");
         Issued { grant_id, jwt }
+    }
+
+    /// Enroll an agent: its email and Ed25519 public key.
+    pub fn register_agent(&self, email: &str, public_key: [u8; 32]) {
+        self.shared
+            .lock()
+            .agents
+            .insert(email.to_string(), public_key);
+    }
+
+    /// An agent login token (`aud` `apes-cli`, 8 h) for `email`, as
+    /// `/api/agent/authenticate` would answer: what an apes session file
+    /// holds.
+    pub fn login_token(&self, email: &str) -> String {
+        let now = now_secs();
+        let claims = json!({
+            "iss": self.shared.issuer,
+            "sub": email,
+            "aud": "apes-cli",
+            "iat": now,
+            "exp": now + LOGIN_LIFETIME,
+            "jti": uuid(),
+        });
+        sign_with(self.shared.lock().current_key(), Value::Null, &claims)
+    }
+
+    /// Approve every new grant at once, as `approver` (`None`: off).
+    pub fn set_auto_approve(&self, approver: Option<&str>) {
+        self.shared.lock().auto_approve = approver.map(str::to_string);
+    }
+
+    /// Answer requests for timed/always grants with a matching approved
+    /// grant (200) instead of a new one.
+    pub fn set_reuse_grants(&self, on: bool) {
+        self.shared.lock().reuse_grants = on;
+    }
+
+    /// Change what the next tokens from `/token` say (`None`: nothing).
+    pub fn set_token_swap(&self, swap: Option<TokenSwap>) {
+        self.shared.lock().token_swap = swap;
+    }
+
+    /// Approve a pending grant as `approver`; false if it is not pending.
+    pub fn approve(&self, grant_id: &str, approver: &str) -> bool {
+        let mut st = self.shared.lock();
+        match st.grants.get_mut(grant_id) {
+            Some(g) if g.status == Status::Pending => {
+                g.approve(approver, now_secs());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Deny a pending grant as `approver`; false if it is not pending.
+    pub fn deny(&self, grant_id: &str, approver: &str) -> bool {
+        let mut st = self.shared.lock();
+        match st.grants.get_mut(grant_id) {
+            Some(g) if g.status == Status::Pending => {
+                g.status = Status::Denied;
+                g.decided_by = Some(approver.to_string());
+                g.decided_at = Some(now_secs());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `(status, decided_by)` of a grant.
+    pub fn grant_state(&self, grant_id: &str) -> Option<(String, Option<String>)> {
+        let st = self.shared.lock();
+        st.grants
+            .get(grant_id)
+            .map(|g| (g.status_str(now_secs()).to_string(), g.decided_by.clone()))
+    }
+
+    /// Ids of every grant, oldest first.
+    pub fn grant_ids(&self) -> Vec<String> {
+        self.shared.lock().order.clone()
+    }
+
+    /// Wait (at most `timeout`) for a grant to be pending; its id.
+    pub fn wait_for_pending(&self, timeout: Duration) -> Option<String> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            {
+                let st = self.shared.lock();
+                if let Some(id) = st
+                    .order
+                    .iter()
+                    .find(|id| st.grants.get(*id).is_some_and(|g| g.status == Status::Pending))
+                {
+                    return Some(id.clone());
+                }
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
     }
 
     /// Revoke a grant (unknown ids are ignored).
@@ -943,7 +1097,9 @@ fn reason_phrase(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
+        304 => "Not Modified",
         404 => "Not Found",
+        429 => "Too Many Requests",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
@@ -1326,6 +1482,12 @@ fn handle_connection(shared: &Shared, mut stream: TcpStream) {
             extra_headers: Vec::new(),
             body: body.into_bytes(),
         },
+        Fault::RateLimited(secs) => Reply {
+            status: 429,
+            content_type: "application/json",
+            extra_headers: vec![("Retry-After".into(), secs.to_string())],
+            body: br#"{"error":"rate_limited"}"#.to_vec(),
+        },
         Fault::Dribble(pause) => {
             let reply = route(shared, &req);
             if dribble_reply(shared, &mut stream, &reply, pause).is_ok() {
@@ -1508,11 +1670,7 @@ fn route(shared: &Shared, req: &Request) -> Reply {
             let Some(id) = percent_decode(raw_id) else {
                 return error_reply(400, "bad_request");
             };
-            let st = shared.lock();
-            match st.grants.get(&id) {
-                Some(g) => json_reply(200, &g.to_json(now_secs())),
-                None => error_reply(404, "not_found"),
-            }
+            get_grant(shared, req, &id)
         }
         ["api", "grants", raw_id, action] => {
             if m != "POST" {
@@ -1523,11 +1681,13 @@ fn route(shared: &Shared, req: &Request) -> Reply {
             };
             match *action {
                 "approve" | "deny" | "revoke" => decide(shared, req, &id, action),
-                "token" => token(shared, &id),
+                "token" => token(shared, req, &id),
                 "consume" => consume(shared, req, &id),
                 _ => error_reply(404, "not_found"),
             }
         }
+        ["api", "agent", "challenge"] if m == "POST" => agent_challenge(shared, req),
+        ["api", "agent", "authenticate"] if m == "POST" => agent_authenticate(shared, req),
         ["api", "auth", "challenge"] => {
             if m != "POST" {
                 return method_not_allowed();
@@ -1555,6 +1715,17 @@ fn route(shared: &Shared, req: &Request) -> Reply {
             }
         }
         ["_test", "grant"] if m == "POST" => test_grant(shared, req),
+        ["_test", "agent"] if m == "POST" => test_agent(shared, req),
+        ["_test", "switch"] if m == "POST" => test_switch(shared, req),
+        ["_test", "pending"] if m == "GET" => {
+            let st = shared.lock();
+            let ids: Vec<&String> = st
+                .order
+                .iter()
+                .filter(|id| st.grants.get(*id).is_some_and(|g| g.status == Status::Pending))
+                .collect();
+            json_reply(200, &json!({"pending": ids}))
+        }
         ["_test", "fault"] if m == "POST" => test_fault(shared, req),
         ["_test", "rotate"] if m == "POST" => {
             let kid = shared.lock().rotate();
@@ -1569,18 +1740,98 @@ fn create_grant(shared: &Shared, req: &Request) -> Reply {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let spec = match spec_from_body(&body, None) {
+    let mut spec = match spec_from_body(&body, None) {
         Ok(s) => s,
         Err(r) => return r,
     };
     let now = now_secs();
-    let g = Grant::from_spec(uuid(), &spec, now);
+    let mut st = shared.lock();
+    // With a bearer, the agent login decides who asks (as the real IdP);
+    // without one, the older suites' open behaviour.
+    let owner = if req.header("authorization").is_some() {
+        let Some(agent) = st.agent_of(req) else {
+            return error_reply(401, "invalid_token");
+        };
+        if body.contains_key("requester") && spec.requester != agent {
+            return error_reply(403, "requester_mismatch");
+        }
+        spec.requester = agent.clone();
+        Some(agent)
+    } else {
+        None
+    };
+    if st.reuse_grants && spec.grant_type != GrantType::Once {
+        let found = st.grants.values().find(|g| {
+            g.status == Status::Approved
+                && !g.timed_out(now)
+                && g.grant_type == spec.grant_type
+                && g.requester == spec.requester
+                && g.target_host == spec.target_host
+                && g.audience == spec.audience
+                && g.command == spec.command
+                && g.run_as == spec.run_as
+        });
+        if let Some(g) = found {
+            return json_reply(200, &g.to_json(now));
+        }
+    }
+    let mut g = Grant::from_spec(uuid(), &spec, now);
+    g.owner = owner;
+    if let Some(approver) = st.auto_approve.clone() {
+        g.approve(&approver, now);
+    }
     let json = g.to_json(now);
-    if shared.lock().insert_grant(g) {
+    if st.insert_grant(g) {
         json_reply(201, &json)
     } else {
         error_reply(507, "store_full")
     }
+}
+
+/// Is the requester of `g` allowed to act on it? Grants made without a
+/// bearer are open; owned grants need the owner's agent login.
+fn owner_ok(st: &State, req: &Request, g: &Grant) -> Result<(), Reply> {
+    match &g.owner {
+        None => Ok(()),
+        Some(owner) => match st.agent_of(req) {
+            Some(agent) if &agent == owner => Ok(()),
+            Some(_) => Err(error_reply(403, "not_requester")),
+            None => Err(error_reply(401, "invalid_token")),
+        },
+    }
+}
+
+/// `W/"status:decided_at"`, as the real IdP.
+fn etag_of(g: &Grant, now: u64) -> String {
+    format!(
+        "W/\"{}:{}\"",
+        g.status_str(now),
+        g.decided_at.unwrap_or(g.created_at)
+    )
+}
+
+fn get_grant(shared: &Shared, req: &Request, id: &str) -> Reply {
+    let st = shared.lock();
+    let Some(g) = st.grants.get(id) else {
+        return error_reply(404, "not_found");
+    };
+    if let Err(r) = owner_ok(&st, req, g) {
+        return r;
+    }
+    let now = now_secs();
+    let tag = etag_of(g, now);
+    let mut reply = if req.header("if-none-match") == Some(tag.as_str()) {
+        Reply {
+            status: 304,
+            content_type: "application/json",
+            extra_headers: Vec::new(),
+            body: Vec::new(),
+        }
+    } else {
+        json_reply(200, &g.to_json(now))
+    };
+    reply.extra_headers.push(("ETag".into(), tag));
+    reply
 }
 
 fn decide(shared: &Shared, req: &Request, id: &str, action: &str) -> Reply {
@@ -1594,8 +1845,22 @@ fn decide(shared: &Shared, req: &Request, id: &str, action: &str) -> Reply {
     };
     let now = now_secs();
     let mut st = shared.lock();
+    // A requester cancels its own request with its bearer (deny).
+    let agent = if req.header("authorization").is_some() {
+        let Some(a) = st.agent_of(req) else {
+            return error_reply(401, "invalid_token");
+        };
+        Some(a)
+    } else {
+        None
+    };
     let Some(g) = st.grants.get_mut(id) else {
         return error_reply(404, "not_found");
+    };
+    let decided_by = match agent {
+        Some(a) if action == "deny" && g.owner.as_deref() == Some(a.as_str()) => a,
+        Some(_) => return error_reply(403, "not_allowed"),
+        None => decided_by,
     };
     match action {
         "approve" | "deny" if g.status != Status::Pending => {
@@ -1615,15 +1880,39 @@ fn decide(shared: &Shared, req: &Request, id: &str, action: &str) -> Reply {
     json_reply(200, &g.to_json(now))
 }
 
-fn token(shared: &Shared, id: &str) -> Reply {
+fn token(shared: &Shared, req: &Request, id: &str) -> Reply {
     let st = shared.lock();
     let Some(g) = st.grants.get(id) else {
         return error_reply(404, "not_found");
     };
+    if let Err(r) = owner_ok(&st, req, g) {
+        return r;
+    }
     if g.status != Status::Approved {
         return error_reply(400, "not_approved");
     }
-    let jwt = st.grant_token(&shared.issuer, g, now_secs());
+    let now = now_secs();
+    let jwt = match &st.token_swap {
+        None => st.grant_token(&shared.issuer, g, now),
+        Some(swap) => {
+            let mut claims = grant_claims(&shared.issuer, g, now);
+            if let Some(c) = &swap.command {
+                claims["command"] = json!(c);
+                claims["cmd_hash"] = json!(cmd_hash(c));
+                claims["execution_context"] = json!({"argv": c, "argv_hash": argv_hash(c)});
+            }
+            if let Some(h) = &swap.target_host {
+                claims["target_host"] = json!(h);
+            }
+            if let Some(u) = &swap.run_as {
+                claims["run_as"] = json!(u);
+            }
+            if let Some(d) = &swap.decided_by {
+                claims["decided_by"] = json!(d);
+            }
+            sign_with(st.current_key(), Value::Null, &claims)
+        }
+    };
     json_reply(200, &json!({"authz_jwt": jwt}))
 }
 
@@ -1727,6 +2016,163 @@ fn auth_authenticate(shared: &Shared, req: &Request) -> Reply {
     json_reply(200, &json!({"token": token}))
 }
 
+/// Agent login, step 1 (`/api/agent/challenge {"agent_id"}`): a 64-hex
+/// challenge for an enrolled agent, single use, valid 60 s.
+fn agent_challenge(shared: &Shared, req: &Request) -> Reply {
+    let body = match body_object(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let agent = match opt_str(&body, "agent_id") {
+        Ok(Some(a)) => a,
+        Ok(None) => return invalid("agent_id is required"),
+        Err(r) => return r,
+    };
+    let mut st = shared.lock();
+    if !st.agents.contains_key(&agent) {
+        return error_reply(404, "agent_not_found");
+    }
+    st.agent_challenges
+        .retain(|_, (_, at)| at.elapsed() < CHALLENGE_LIFETIME);
+    if st.agent_challenges.len() >= MAX_CHALLENGES {
+        return error_reply(429, "too_many_challenges");
+    }
+    let challenge = hex(&random_bytes::<32>());
+    st.agent_challenges
+        .insert(challenge.clone(), (agent, Instant::now()));
+    json_reply(200, &json!({"challenge": challenge}))
+}
+
+/// Agent login, step 2 (`/api/agent/authenticate {"agent_id", "challenge",
+/// "signature"}`): the Ed25519 signature (standard base64) over the
+/// challenge string must verify against the enrolled key. The challenge
+/// is spent by any attempt. Answers an `apes-cli` token for 8 h.
+fn agent_authenticate(shared: &Shared, req: &Request) -> Reply {
+    let body = match body_object(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (agent, challenge, signature) = match (
+        opt_str(&body, "agent_id"),
+        opt_str(&body, "challenge"),
+        opt_str(&body, "signature"),
+    ) {
+        (Ok(Some(a)), Ok(Some(c)), Ok(Some(s))) => (a, c, s),
+        _ => return invalid("agent_id, challenge and signature are required"),
+    };
+    let mut st = shared.lock();
+    let Some((for_agent, at)) = st.agent_challenges.remove(&challenge) else {
+        return error_reply(401, "invalid_challenge");
+    };
+    if for_agent != agent || at.elapsed() >= CHALLENGE_LIFETIME {
+        return error_reply(401, "invalid_challenge");
+    }
+    let Some(public) = st.agents.get(&agent) else {
+        return error_reply(401, "agent_not_found");
+    };
+    let good = base64::engine::general_purpose::STANDARD
+        .decode(signature.as_bytes())
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .zip(ed25519_dalek::VerifyingKey::from_bytes(public).ok())
+        .is_some_and(|(sig, vk)| vk.verify_strict(challenge.as_bytes(), &sig).is_ok());
+    if !good {
+        return error_reply(401, "invalid_signature");
+    }
+    let now = now_secs();
+    let claims = json!({
+        "iss": shared.issuer,
+        "sub": agent,
+        "aud": "apes-cli",
+        "iat": now,
+        "exp": now + LOGIN_LIFETIME,
+        "jti": uuid(),
+    });
+    let token = sign_with(st.current_key(), Value::Null, &claims);
+    json_reply(200, &json!({"token": token, "expires_in": LOGIN_LIFETIME}))
+}
+
+/// The 32-byte key of `ssh-ed25519 <base64> [comment]`, or of plain
+/// base64 (standard or url-safe) of the 32 bytes.
+pub fn parse_agent_key(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    let mut parts = text.split_whitespace();
+    let first = parts.next()?;
+    if first == "ssh-ed25519" {
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(parts.next()?)
+            .ok()?;
+        let key = blob.strip_prefix(b"\0\0\0\x0bssh-ed25519\0\0\0\x20")?;
+        return key.try_into().ok();
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(first)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(first))
+        .ok()?;
+    raw.as_slice().try_into().ok()
+}
+
+/// `POST /_test/agent {"email", "public_key"}`: enroll an agent.
+fn test_agent(shared: &Shared, req: &Request) -> Reply {
+    let body = match body_object(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (Ok(Some(email)), Ok(Some(key))) = (opt_str(&body, "email"), opt_str(&body, "public_key"))
+    else {
+        return invalid("email and public_key are required");
+    };
+    let Some(k) = parse_agent_key(&key) else {
+        return invalid("public_key must be an ssh-ed25519 line or 32 bytes of base64");
+    };
+    shared.lock().agents.insert(email, k);
+    json_reply(200, &json!({"ok": true}))
+}
+
+/// `POST /_test/switch {"auto_approve": EMAIL|null, "reuse_grants": bool,
+/// "token_swap": {command, target_host, run_as, decided_by}|null}`: only
+/// the keys given change.
+fn test_switch(shared: &Shared, req: &Request) -> Reply {
+    let body = match body_object(req) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut st = shared.lock();
+    if body.contains_key("auto_approve") {
+        match opt_str(&body, "auto_approve") {
+            Ok(a) => st.auto_approve = a,
+            Err(r) => return r,
+        }
+    }
+    if body.contains_key("reuse_grants") {
+        match opt_bool(&body, "reuse_grants", false) {
+            Ok(b) => st.reuse_grants = b,
+            Err(r) => return r,
+        }
+    }
+    if let Some(v) = body.get("token_swap") {
+        st.token_swap = match v {
+            Value::Null => None,
+            Value::Object(m) => {
+                let parsed = (|| -> Result<TokenSwap, Reply> {
+                    Ok(TokenSwap {
+                        command: opt_argv(m, "command")?,
+                        target_host: opt_str(m, "target_host")?,
+                        run_as: opt_str(m, "run_as")?,
+                        decided_by: opt_str(m, "decided_by")?,
+                    })
+                })();
+                match parsed {
+                    Ok(s) => Some(s),
+                    Err(r) => return r,
+                }
+            }
+            _ => return invalid("token_swap must be an object or null"),
+        };
+    }
+    json_reply(200, &json!({"ok": true}))
+}
+
 fn test_grant(shared: &Shared, req: &Request) -> Reply {
     let body = match body_object(req) {
         Ok(b) => b,
@@ -1776,6 +2222,7 @@ fn test_fault(shared: &Shared, req: &Request) -> Reply {
                 opt_str(&body, "location")?.unwrap_or_else(|| "http://127.0.0.1:9/".to_string()),
             ),
             "empty" => Fault::EmptyObject,
+            "ratelimit" => Fault::RateLimited(opt_u64(&body, "retry_after")?.unwrap_or(2)),
             _ => return Err(invalid("unknown fault")),
         };
         Ok((fault, opt_str(&body, "prefix")?))
