@@ -236,7 +236,7 @@ fn elevate_logged(
     ctx.user = Some(caller.name.clone());
 
     // Things that need no grant to be refused.
-    let requested = requested_user(opts)?;
+    let mut requested = requested_user(opts)?;
     check_preserve_env(opts, &ctx.cfg)?;
     let argv = utf8_argv(&opts.command)?;
 
@@ -250,7 +250,12 @@ fn elevate_logged(
         requested.as_ref().map(|u| u.name.as_str()),
     )?;
     let token = match asked {
-        Some(t) => t,
+        Some(t) => {
+            // A requested grant runs as the user it was requested for,
+            // whatever run_as the IdP put in it.
+            requested = Some(request::pinned_target(requested, &ctx.cfg)?);
+            t
+        }
         None => read_grant(opts, snapshot, &caller)?,
     };
     ctx.token_fp = Some(fingerprint(&token));

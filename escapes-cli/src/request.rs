@@ -338,6 +338,27 @@ pub fn grant_from_idp(
     }
 }
 
+/// The user a requested grant must run as: `-u` if given, else the
+/// configured `run_as` (what the request named), so an IdP cannot pick
+/// another target through the token's `run_as`.
+pub fn pinned_target(
+    requested: Option<User>,
+    cfg: &pam_openape::config::Config,
+) -> Result<User, Denial> {
+    if let Some(u) = requested {
+        return Ok(u);
+    }
+    sys::user_by_name(&cfg.run_as)
+        .map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e))?
+        .ok_or_else(|| {
+            Denial::new(
+                Step::TargetUser,
+                Kind::Io,
+                format!("run_as user {} does not exist here", cfg.run_as),
+            )
+        })
+}
+
 fn interrupted(sig: i32, grant: Option<&str>, cancelled: bool) -> Denial {
     let name = match sig {
         libc::SIGINT => "SIGINT",

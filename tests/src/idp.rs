@@ -433,7 +433,10 @@ impl State {
             scheme.eq_ignore_ascii_case("bearer").then(|| tok.trim())
         })?;
         let c = self.verify_own_token(bearer)?;
-        let fresh = c.get("exp").and_then(Value::as_u64).is_some_and(|e| e > now_secs());
+        let fresh = c
+            .get("exp")
+            .and_then(Value::as_u64)
+            .is_some_and(|e| e > now_secs());
         if c.get("aud").and_then(Value::as_str) != Some("apes-cli") || !fresh {
             return None;
         }
@@ -874,11 +877,11 @@ impl TestIdp {
         while start.elapsed() < timeout {
             {
                 let st = self.shared.lock();
-                if let Some(id) = st
-                    .order
-                    .iter()
-                    .find(|id| st.grants.get(*id).is_some_and(|g| g.status == Status::Pending))
-                {
+                if let Some(id) = st.order.iter().find(|id| {
+                    st.grants
+                        .get(*id)
+                        .is_some_and(|g| g.status == Status::Pending)
+                }) {
                     return Some(id.clone());
                 }
             }
@@ -1722,7 +1725,11 @@ fn route(shared: &Shared, req: &Request) -> Reply {
             let ids: Vec<&String> = st
                 .order
                 .iter()
-                .filter(|id| st.grants.get(*id).is_some_and(|g| g.status == Status::Pending))
+                .filter(|id| {
+                    st.grants
+                        .get(*id)
+                        .is_some_and(|g| g.status == Status::Pending)
+                })
                 .collect();
             json_reply(200, &json!({"pending": ids}))
         }

@@ -151,7 +151,8 @@ fn child_main(p: &Params, mut client: Client, chan: &mut privsep::Channel) -> i3
     match first.status {
         Status::Approved => return fetch(&mut api, &bearer, &first.id, chan),
         Status::Final(s) => return fail(chan, "refused", &format!("grant {} is {s}", first.id)),
-        Status::Pending if p.no_wait => {
+        // --no-wait, and picking up an earlier request, never wait.
+        Status::Pending if p.no_wait || p.grant_id.is_some() => {
             chan.send("pending", "");
             return 0;
         }
@@ -170,10 +171,13 @@ fn fetch(api: &mut Api<'_>, bearer: &str, id: &str, chan: &mut privsep::Channel)
     }
 }
 
-fn cancel(api: &mut Api<'_>, bearer: &str, id: &str, chan: &mut privsep::Channel) -> bool {
-    let ok = api.cancel(bearer, id).is_ok();
-    chan.send("cancelled", if ok { "ok" } else { "failed" });
-    ok
+/// Cancel at the IdP; the words for a message.
+fn cancel(api: &mut Api<'_>, bearer: &str, id: &str) -> &'static str {
+    if api.cancel(bearer, id).is_ok() {
+        "request cancelled"
+    } else {
+        "the request could not be cancelled"
+    }
 }
 
 /// Poll until a decision, the deadline, or a stop from the parent.
@@ -186,18 +190,19 @@ fn wait(p: &Params, api: &mut Api<'_>, bearer: &str, id: &str, chan: &mut privse
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            cancel(api, bearer, id, chan);
+            let done = cancel(api, bearer, id);
             return fail(
                 chan,
                 "timeout",
                 &format!(
-                    "grant {id} was not approved within {} s; request cancelled",
+                    "grant {id} was not approved within {} s; {done}",
                     p.wait.as_secs()
                 ),
             );
         }
         if chan.stop_requested(delay.min(left)) {
-            cancel(api, bearer, id, chan);
+            let ok = api.cancel(bearer, id).is_ok();
+            chan.send("cancelled", if ok { "ok" } else { "failed" });
             return 0;
         }
         if Instant::now() >= deadline {
@@ -225,8 +230,8 @@ fn wait(p: &Params, api: &mut Api<'_>, bearer: &str, id: &str, chan: &mut privse
             Err(d) => {
                 failures += 1;
                 if failures >= MAX_POLL_FAILURES {
-                    cancel(api, bearer, id, chan);
-                    return fail_with(chan, &d);
+                    let done = cancel(api, bearer, id);
+                    return fail(chan, "unavailable", &format!("{}; {done}", d.reason));
                 }
                 delay = failure_backoff(failures);
             }

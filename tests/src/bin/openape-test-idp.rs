@@ -143,7 +143,12 @@ fn control(argv: &[String]) -> Option<Result<String, String>> {
                     Some(id) => id.to_string(),
                 };
                 let body = serde_json::json!({"decided_by": who}).to_string();
-                call(issuer, "POST", &format!("/api/grants/{id}/{cmd}"), Some(&body))?;
+                call(
+                    issuer,
+                    "POST",
+                    &format!("/api/grants/{id}/{cmd}"),
+                    Some(&body),
+                )?;
                 Ok(format!("{cmd}d grant {id} as {who}").replace("denyd", "denied"))
             }
             "register-agent" => {
@@ -161,13 +166,22 @@ fn control(argv: &[String]) -> Option<Result<String, String>> {
                 if let Some(a) = flags.get("--auto-approve") {
                     m.insert(
                         "auto_approve".into(),
-                        if a == "off" { serde_json::Value::Null } else { a.clone().into() },
+                        if a == "off" {
+                            serde_json::Value::Null
+                        } else {
+                            a.clone().into()
+                        },
                     );
                 }
                 if let Some(r) = flags.get("--reuse-grants") {
                     m.insert("reuse_grants".into(), (r == "on").into());
                 }
-                call(issuer, "POST", "/_test/switch", Some(&serde_json::Value::Object(m).to_string()))?;
+                call(
+                    issuer,
+                    "POST",
+                    "/_test/switch",
+                    Some(&serde_json::Value::Object(m).to_string()),
+                )?;
                 Ok("switched".into())
             }
         }
