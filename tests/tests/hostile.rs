@@ -55,10 +55,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use openape_tests::harness::{
     APPROVER, ConfigBuilder, ConfigNs, HOST, Output, Run, SANE_PATH, Sandbox, TEST_USER, artefact,
-    exec_raw, require_root, set_owner_mode, test_user, toml_str,
+    exec_raw, passwd_home, require_root, set_owner_mode, test_user, toml_str,
 };
 use openape_tests::http_client;
-use openape_tests::idp::{Fault, GrantSpec, GrantType, Issued, TestIdp};
+use openape_tests::idp::{Fault, GrantSpec, GrantType, Issued, TestIdp, TokenSwap};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -118,6 +118,7 @@ enum Group {
     Filesystem,
     Concurrency,
     Signals,
+    Request,
 }
 
 impl fmt::Display for Group {
@@ -130,6 +131,7 @@ impl fmt::Display for Group {
             Group::Filesystem => "filesystem",
             Group::Concurrency => "concurrency",
             Group::Signals => "signals",
+            Group::Request => "request",
         })
     }
 }
@@ -4002,6 +4004,193 @@ fn table() -> Vec<Row> {
             Expect::Custom("1 × PAM 0, 49 × PAM 7 at consume"),
             Case::Custom(|c| parallel(c, GrantType::Once)),
         ),
+        // ----------------------------------------------------------- request
+        row(
+            "req-idp-token-for-another-command",
+            Request,
+            Esc,
+            refused("command"),
+            Case::Custom(|c| {
+                let other = vec!["touch".to_string(), c.p("marker-other")];
+                c.hostile(c.path("marker-other"));
+                req_swapped(
+                    c,
+                    TokenSwap {
+                        command: Some(other),
+                        ..TokenSwap::default()
+                    },
+                )
+            }),
+        ),
+        row(
+            "req-idp-token-for-another-host",
+            Request,
+            Esc,
+            refused("host"),
+            Case::Custom(|c| {
+                req_swapped(
+                    c,
+                    TokenSwap {
+                        target_host: Some("elsewhere".into()),
+                        ..TokenSwap::default()
+                    },
+                )
+            }),
+        ),
+        row(
+            "req-idp-token-for-another-user",
+            Request,
+            Esc,
+            refused("target_user"),
+            Case::Custom(|c| {
+                req_swapped(
+                    c,
+                    TokenSwap {
+                        run_as: Some("nobody".into()),
+                        ..TokenSwap::default()
+                    },
+                )
+            }),
+        ),
+        row(
+            "req-idp-token-self-approved",
+            Request,
+            Esc,
+            refused("approver"),
+            Case::Custom(|c| {
+                req_swapped(
+                    c,
+                    TokenSwap {
+                        decided_by: Some(REQ_AGENT.into()),
+                        ..TokenSwap::default()
+                    },
+                )
+            }),
+        ),
+        row(
+            "req-idp-hands-back-the-agent-login-token",
+            Request,
+            Esc,
+            refused("parse"),
+            Case::Custom(|c| {
+                let login = c.idp.login_token(REQ_AGENT);
+                c.secret(&login);
+                req_token_body(c, json!({"authz_jwt": login}).to_string())
+            }),
+        ),
+        row(
+            "req-idp-token-over-16k",
+            Request,
+            Esc,
+            unavailable("request"),
+            Case::Custom(|c| {
+                let huge = format!("{}.{}.{}", "a".repeat(9000), "b".repeat(9000), "c");
+                req_token_body(c, json!({"authz_jwt": huge}).to_string())
+            }),
+        ),
+        row(
+            "req-idp-grant-id-path-traversal",
+            Request,
+            Esc,
+            unavailable("request"),
+            Case::Custom(|c| {
+                let ns = req_setup(c, true);
+                c.idp.set_fault_for(
+                    "/api/grants",
+                    Fault::Body(
+                        201,
+                        json!({"id": "../../x/consume", "status": "pending"}).to_string(),
+                    ),
+                );
+                vec![req_run(c, &ns, &[], &c.marker_cmd())]
+            }),
+        ),
+        row(
+            "req-idp-redirects-the-request",
+            Request,
+            Esc,
+            unavailable("request"),
+            Case::Custom(|c| {
+                let decoy = Decoy::start();
+                let ns = req_setup(c, true);
+                c.idp
+                    .set_fault_for("/api/grants", Fault::Redirect(decoy.url()));
+                let obs = vec![req_run(c, &ns, &[], &c.marker_cmd())];
+                c.untouched(decoy, "redirect target");
+                obs
+            }),
+        ),
+        row(
+            "req-key-symlink-to-shadow",
+            Request,
+            Esc,
+            split(1, Audit::Step("request"), PAM_AUTH_ERR, Audit::Nothing),
+            Case::Custom(|c| {
+                let ns = req_setup(c, false);
+                c.user_dir("home/.ssh");
+                std::os::unix::fs::symlink("/etc/shadow", c.path("home/.ssh/id_ed25519")).unwrap();
+                c.no_traffic();
+                vec![req_run(c, &ns, &[], &c.marker_cmd())]
+            }),
+        ),
+        row(
+            "req-key-root-only",
+            Request,
+            Esc,
+            split(1, Audit::Step("request"), PAM_AUTH_ERR, Audit::Nothing),
+            Case::Custom(|c| {
+                let ns = req_setup(c, false);
+                let k = c.root_file("rootkey", b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH\n-----END PRIVATE KEY-----\n", 0o600);
+                c.no_traffic();
+                let key = k.to_string_lossy().into_owned();
+                vec![req_run(
+                    c,
+                    &ns,
+                    &["--key", &key, "--agent-email", REQ_AGENT],
+                    &c.marker_cmd(),
+                )]
+            }),
+        ),
+        row(
+            "req-session-of-another-idp-is-not-sent",
+            Request,
+            Esc,
+            split(2, Audit::Step("grant"), PAM_AUTH_ERR, Audit::Nothing),
+            Case::Custom(|c| {
+                let ns = req_setup(c, false);
+                let decoy = Decoy::start();
+                let token = c.idp.login_token(REQ_AGENT);
+                c.secret(&token);
+                c.user_dir("home/.config/apes");
+                c.user_file(
+                    "home/.config/apes/auth.json",
+                    json!({"idp": decoy.url(), "access_token": token, "email": REQ_AGENT, "expires_at": now() + 3600})
+                        .to_string()
+                        .as_bytes(),
+                    0o600,
+                );
+                c.no_traffic();
+                let obs = vec![req_run(c, &ns, &["-n"], &c.marker_cmd())];
+                c.untouched(decoy, "another IdP");
+                obs
+            }),
+        ),
+        row(
+            "req-grant-id-path-traversal",
+            Request,
+            Esc,
+            split(2, Audit::Nothing, PAM_AUTH_ERR, Audit::Nothing),
+            Case::Custom(|c| {
+                let ns = req_setup(c, true);
+                c.no_traffic();
+                vec![req_run(
+                    c,
+                    &ns,
+                    &["--grant-id", "../../consume"],
+                    &c.marker_cmd(),
+                )]
+            }),
+        ),
         // ----------------------------------------------------------- signals
         row(
             "sig-sigint-during-consume",
@@ -4025,6 +4214,80 @@ fn table() -> Vec<Row> {
             Case::Custom(|c| signal_row(c, libc::SIGKILL)),
         ),
     ]
+}
+
+// ---------------------------------------------------------------------------
+// Request mode (no grant given; escapes asks the row's IdP for one)
+// ---------------------------------------------------------------------------
+
+/// The agent of the request rows.
+const REQ_AGENT: &str = "agent@example.com";
+
+/// Request mode for this row: a home for the test user (`<row>/home`,
+/// shown at the user's passwd home in the row's config namespace), with
+/// an enrolled Ed25519 key at `~/.ssh/id_ed25519` when `key` is set.
+fn req_setup(c: &Ctx, key: bool) -> Arc<ConfigNs> {
+    let home = c.user_dir("home");
+    if key {
+        let mut seed = [0u8; 32];
+        fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut seed)
+            .unwrap();
+        let k = ed25519_dalek::SigningKey::from_bytes(&seed);
+        c.user_dir("home/.ssh");
+        c.user_file(
+            "home/.ssh/id_ed25519",
+            pam_openape::request::keys::pkcs8_pem(&k).as_bytes(),
+            0o600,
+        );
+        c.user_file(
+            "home/.ssh/id_ed25519.pub",
+            pam_openape::request::keys::ssh_public_line(&k, Some(REQ_AGENT)).as_bytes(),
+            0o644,
+        );
+        c.idp
+            .register_agent(REQ_AGENT, k.verifying_key().to_bytes());
+    }
+    let cfg = c.config_path.borrow().clone();
+    Arc::new(ConfigNs::with_home(
+        &c.path("ns"),
+        cfg.parent().expect("config has a directory"),
+        &home,
+        Path::new(&passwd_home(TEST_USER)),
+    ))
+}
+
+/// `escapes OPTS -- ARGV` with no grant, as the test user, in `ns`.
+fn req_run(c: &Ctx, ns: &Arc<ConfigNs>, opts: &[&str], argv: &[String]) -> Obs {
+    let esc = c.lab.escapes();
+    let out = Run::new(&esc)
+        .arg0(&esc)
+        .args(opts)
+        .arg("--")
+        .args(argv)
+        .as_test_user()
+        .cwd(&c.dir)
+        .config_ns(Arc::clone(ns))
+        .timeout(RUN_LIMIT)
+        .output();
+    as_obs(Door::Escapes, out)
+}
+
+/// The IdP approves at once but signs a token that says something else.
+fn req_swapped(c: &Ctx, swap: TokenSwap) -> Vec<Obs> {
+    let ns = req_setup(c, true);
+    c.idp.set_auto_approve(Some(APPROVER));
+    c.idp.set_token_swap(Some(swap));
+    vec![req_run(c, &ns, &[], &c.marker_cmd())]
+}
+
+/// The IdP answers the token request with `body` (auto-approved grant).
+fn req_token_body(c: &Ctx, body: String) -> Vec<Obs> {
+    let ns = req_setup(c, true);
+    c.idp.set_auto_approve(Some(APPROVER));
+    c.idp.set_fault_for("/api/grants/", Fault::Body(200, body));
+    vec![req_run(c, &ns, &[], &c.marker_cmd())]
 }
 
 fn openape_hex(b: &[u8]) -> String {
