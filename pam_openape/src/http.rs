@@ -261,6 +261,15 @@ impl Client {
                 .then(|| v.parse::<u64>().ok())
                 .flatten()
         });
+        // 304 answers a conditional GET: no body, and not a redirect.
+        if resp.status().as_u16() == 304 && if_none_match.is_some() {
+            return Ok(Reply {
+                status: 304,
+                body: Vec::new(),
+                etag,
+                retry_after,
+            });
+        }
         let Response { status, body } = read(resp)?;
         Ok(Reply {
             status,
@@ -541,6 +550,36 @@ mod tests {
             r.as_ref().is_err_and(|e| e.contains("cannot store")),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn call_reads_304_etag_and_retry_after() {
+        let (url, h) = one_shot(
+            b"HTTP/1.1 304 Not Modified\r\nETag: W/\"pending:1\"\r\nContent-Length: 0\r\n\r\n"
+                .to_vec(),
+        );
+        let client = Client::new(Duration::from_secs(5), None, 0).unwrap();
+        let r = client
+            .call(Method::Get, &url, Some("b"), None, Some("W/\"pending:1\""))
+            .unwrap();
+        let _ = h.join();
+        assert_eq!(
+            (r.status, r.etag.as_deref()),
+            (304, Some("W/\"pending:1\""))
+        );
+        // Without If-None-Match a 304 is as unexpected as any redirect.
+        let (url, h) = one_shot(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n".to_vec());
+        assert!(client.call(Method::Get, &url, None, None, None).is_err());
+        let _ = h.join();
+        let (url, h) = one_shot(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}"
+                .to_vec(),
+        );
+        let r = client
+            .call(Method::Post, &url, None, Some(b"{}"), None)
+            .unwrap();
+        let _ = h.join();
+        assert_eq!((r.status, r.retry_after), (429, Some(7)));
     }
 
     #[test]

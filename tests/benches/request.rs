@@ -1,0 +1,134 @@
+//! Benchmark (c): request mode, the real setuid `escapes` run by the
+//! non-root test user with no grant, against the loopback test IdP.
+//!
+//! * approval-to-exec latency: the bench approves the pending grant after
+//!   a random 0.2–1.4 s pause and the command prints the wall-clock time
+//!   it started (`date +%s%N`); the difference is the latency (median and
+//!   worst of 20 runs);
+//! * IdP requests per waiting minute: one request left pending for
+//!   `SAMPLE` seconds (the first minute is the fastest-polling phase, so
+//!   this is the worst case); status polls and all requests counted and
+//!   scaled to 60 s.
+//!
+//! Needs root; run with `make bench`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openape_tests::harness::{Sandbox, require_root, set_owner_mode, test_user};
+use openape_tests::idp::TestIdp;
+use pam_openape::request::keys;
+
+const RUNS: usize = 20;
+const SAMPLE: u64 = 15;
+const AGENT: &str = "agent@example.com";
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    u32::from_le_bytes(b)
+}
+
+fn main() {
+    if !require_root() {
+        return;
+    }
+    let user = test_user();
+    let idp = TestIdp::start();
+    let mut sb = Sandbox::new("bench-request");
+    let home = sb.with_user_home();
+    let mut cfg = sb.config(&idp.issuer());
+    cfg.tail = "[request]\ntimeout = 120\n".into();
+    sb.write_config(&cfg.render());
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut seed)
+        .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let ssh = home.join(".ssh");
+    std::fs::create_dir(&ssh).unwrap();
+    set_owner_mode(&ssh, user.uid, user.gid, 0o700);
+    for (name, text, mode) in [
+        ("id_ed25519", keys::pkcs8_pem(&key), 0o600),
+        (
+            "id_ed25519.pub",
+            keys::ssh_public_line(&key, Some(AGENT)),
+            0o644,
+        ),
+    ] {
+        let p = ssh.join(name);
+        std::fs::write(&p, text).unwrap();
+        set_owner_mode(&p, user.uid, user.gid, mode);
+    }
+    idp.register_agent(AGENT, key.verifying_key().to_bytes());
+
+    // Approval-to-exec latency.
+    let mut lat = Vec::new();
+    for _ in 0..RUNS {
+        let before = idp.grant_ids().len();
+        let (approved_at, out) = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                sb.escapes_run(&["--", "date", "+%s%N"])
+                    .as_test_user()
+                    .timeout(Duration::from_secs(60))
+                    .output()
+            });
+            let start = Instant::now();
+            let id = loop {
+                let ids = idp.grant_ids();
+                if ids.len() > before {
+                    break ids[before].clone();
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "no request");
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            std::thread::sleep(Duration::from_millis(200 + u64::from(random_u32() % 1200)));
+            let t = now_ns();
+            assert!(idp.approve(&id, openape_tests::harness::APPROVER));
+            (t, h.join().unwrap())
+        });
+        assert_eq!(out.code, 0, "{out}");
+        let started: u128 = out.stdout.trim().parse().unwrap();
+        lat.push((started.saturating_sub(approved_at)) as f64 / 1e6);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let median = lat[lat.len() / 2];
+    let worst = lat[lat.len() - 1];
+
+    // Requests per waiting minute.
+    let before_all = idp.requests().len();
+    let out = sb
+        .escapes_run(&["--wait-timeout", &SAMPLE.to_string(), "--", "true"])
+        .as_test_user()
+        .timeout(Duration::from_secs(SAMPLE + 20))
+        .output();
+    assert_eq!(out.code, 5, "{out}");
+    let reqs: Vec<(String, String)> = idp.requests().split_off(before_all);
+    let id = idp.grant_ids().last().cloned().unwrap();
+    let polls = reqs
+        .iter()
+        .filter(|(m, p)| m == "GET" && p == &format!("/api/grants/{id}"))
+        .count();
+    let per_min = |n: usize| n as f64 * 60.0 / SAMPLE as f64;
+    assert!(per_min(polls) <= 60.0, "{polls} polls in {SAMPLE} s");
+
+    println!("request mode (escapes, loopback test IdP, {RUNS} runs):");
+    println!("  approval-to-exec latency        median {median:7.1} ms   worst {worst:7.1} ms");
+    println!(
+        "  IdP requests per waiting minute {:5.0} ({polls} status polls in a {SAMPLE} s wait, scaled to 60 s; the first minute polls fastest), plus {} once per request (login, create, cancel)",
+        per_min(polls),
+        reqs.len() - polls
+    );
+}
