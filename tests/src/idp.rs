@@ -1,13 +1,20 @@
 //! In-process test double of the OpenApe IdP.
 //!
-//! It speaks the real protocol (see DESIGN.md, "The protocol"): discovery,
-//! JWKS, the grants API, consume, and the agent challenge login. Tokens are
+//! It speaks the real protocol (see DESIGN.md, "The protocol" and
+//! "Request-and-wait"): discovery, JWKS, the grants API, consume, the agent
+//! challenge login (`/api/agent/*`: enrolled Ed25519 keys, single-use 60 s
+//! challenges, `apes-cli` bearer tokens), grants owned by the agent that
+//! requested them (only it reads them, fetches their token or cancels
+//! them), `ETag`/304 on polls. Tokens are
 //! real Ed25519 (EdDSA) JWTs. On top of that it has switches the real IdP does
 //! not have: faults (down, hang, error status, garbage, slow, huge body,
 //! redirect, empty object, byte-by-byte dribble, a fixed body), key
 //! rotation, a JWKS override, signing of arbitrary encodings, a
-//! configurable refusal status, a request log, and test-only `/_test/...`
-//! routes for the demo binary.
+//! configurable refusal status, a request log, 429 with `Retry-After`,
+//! auto-approval, reuse of approved timed/always grants, a token swap (a
+//! token for another command, host, user or approver), and test-only
+//! `/_test/...` routes for the demo binary (mint, fault, rotate, agent,
+//! switch, pending).
 //!
 //! The server binds `127.0.0.1` only. Every loop is bounded in count and time:
 //! a fixed number of connections per server, a 5 s socket read timeout, a 10 s
@@ -2675,6 +2682,150 @@ mod tests {
         assert_eq!(post(&idp, "/api/grants/x/frobnicate", None).0, 404);
         assert_eq!(get(&idp, "/api/grants/%zz").0, 400);
         assert_eq!(get(&idp, "/api/grants").0, 405);
+    }
+
+    #[test]
+    fn agent_login_and_owned_grants() {
+        let idp = TestIdp::start();
+        let key = SigningKey::from_bytes(&[5u8; 32]);
+        let call = |m: &str,
+                    path: &str,
+                    bearer: Option<&str>,
+                    body: Option<&str>,
+                    extra: &[(&str, &str)]| {
+            let auth = bearer.map(|b| format!("Bearer {b}"));
+            let mut h: Vec<(&str, &str)> = extra.to_vec();
+            if let Some(a) = &auth {
+                h.push(("Authorization", a.as_str()));
+            }
+            let (s, b) = request(idp.addr(), m, path, &h, body, T).unwrap();
+            (s, serde_json::from_str::<Value>(&b).unwrap_or(Value::Null))
+        };
+        let login = |email: &str, k: &SigningKey| {
+            let (s, c) = call(
+                "POST",
+                "/api/agent/challenge",
+                None,
+                Some(&json!({"agent_id": email}).to_string()),
+                &[],
+            );
+            if s != 200 {
+                return (s, None);
+            }
+            let ch = c["challenge"].as_str().unwrap().to_string();
+            assert_eq!(ch.len(), 64);
+            let sig =
+                base64::engine::general_purpose::STANDARD.encode(k.sign(ch.as_bytes()).to_bytes());
+            let body = json!({"agent_id": email, "challenge": ch, "signature": sig}).to_string();
+            let (s, t) = call("POST", "/api/agent/authenticate", None, Some(&body), &[]);
+            // Single use: the same answer again is refused.
+            assert_eq!(
+                call("POST", "/api/agent/authenticate", None, Some(&body), &[]).0,
+                401
+            );
+            (s, t["token"].as_str().map(str::to_string))
+        };
+        assert_eq!(login("a@example.com", &key).0, 404, "unknown agent");
+        idp.register_agent("a@example.com", key.verifying_key().to_bytes());
+        assert_eq!(
+            login("a@example.com", &SigningKey::from_bytes(&[6u8; 32])).0,
+            401,
+            "wrong key"
+        );
+        let (s, bearer) = login("a@example.com", &key);
+        assert_eq!(s, 200);
+        let bearer = bearer.unwrap();
+        assert_eq!(
+            b64json(bearer.split('.').nth(1).unwrap())["aud"],
+            "apes-cli"
+        );
+
+        let req = json!({"target_host": "h", "command": ["id"], "run_as": "root"}).to_string();
+        let (s, g) = call("POST", "/api/grants", Some(&bearer), Some(&req), &[]);
+        assert_eq!(
+            (s, g["status"].as_str(), g["requester"].as_str()),
+            (201, Some("pending"), Some("a@example.com"))
+        );
+        let id = g["id"].as_str().unwrap().to_string();
+        let path = format!("/api/grants/{id}");
+        // Only the requester reads it; ETag, then 304.
+        assert_eq!(call("GET", &path, None, None, &[]).0, 401);
+        let other = idp.login_token("b@example.com");
+        assert_eq!(call("GET", &path, Some(&other), None, &[]).0, 403);
+        let (_, first) = request(
+            idp.addr(),
+            "GET",
+            &path,
+            &[("Authorization", &format!("Bearer {bearer}"))],
+            None,
+            T,
+        )
+        .unwrap();
+        assert!(first.contains("pending"));
+        let tag = format!("W/\"pending:{}\"", g["created_at"]);
+        assert_eq!(
+            call(
+                "GET",
+                &path,
+                Some(&bearer),
+                None,
+                &[("If-None-Match", &tag)]
+            )
+            .0,
+            304
+        );
+        // Approved by the approver: a new ETag; the token is the requester's only.
+        assert!(idp.approve(&id, "alice@example.com"));
+        assert_eq!(
+            call(
+                "GET",
+                &path,
+                Some(&bearer),
+                None,
+                &[("If-None-Match", &tag)]
+            )
+            .0,
+            200
+        );
+        assert_eq!(
+            call("POST", &format!("{path}/token"), Some(&other), None, &[]).0,
+            403
+        );
+        let (s, t) = call("POST", &format!("{path}/token"), Some(&bearer), None, &[]);
+        assert_eq!(s, 200);
+        assert!(t["authz_jwt"].as_str().is_some());
+        // The requester cancels its own pending request.
+        let (_, g2) = call("POST", "/api/grants", Some(&bearer), Some(&req), &[]);
+        let id2 = g2["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            call(
+                "POST",
+                &format!("/api/grants/{id2}/deny"),
+                Some(&bearer),
+                Some("{}"),
+                &[]
+            )
+            .0,
+            200
+        );
+        assert_eq!(
+            idp.grant_state(&id2),
+            Some(("denied".into(), Some("a@example.com".into())))
+        );
+        // 429 with Retry-After; auto-approval; reuse of a timed grant.
+        idp.set_fault_for("/api/grants/", Fault::RateLimited(7));
+        let (s, b) = request(idp.addr(), "GET", &path, &[], None, T).unwrap();
+        assert_eq!(s, 429, "{b}");
+        idp.clear_faults();
+        idp.set_auto_approve(Some("alice@example.com"));
+        idp.set_reuse_grants(true);
+        let timed =
+            json!({"target_host": "h", "command": ["id"], "run_as": "root", "grant_type": "timed"})
+                .to_string();
+        let (s, g3) = call("POST", "/api/grants", Some(&bearer), Some(&timed), &[]);
+        assert_eq!((s, g3["status"].as_str()), (201, Some("approved")));
+        let (s, g4) = call("POST", "/api/grants", Some(&bearer), Some(&timed), &[]);
+        assert_eq!((s, g4["id"].clone()), (200, g3["id"].clone()));
     }
 
     #[test]
