@@ -39,6 +39,12 @@ pub struct Args {
     /// authenticate PAM_USER (e.g. `sshd`, `login`). Any other service is
     /// refused, and elevation programs (doas, polkit, run0, …) always are.
     pub allow_services: Vec<String>,
+    /// `request`: with no grant presented, ask the IdP for one as the
+    /// caller (their apes identity), show the approval URL, wait, verify.
+    pub request: bool,
+    /// `request_timeout=SECS` (1–3600): how long to wait for a decision;
+    /// default `[request] timeout` of the config.
+    pub request_timeout: Option<u32>,
     /// `debug`: log every passed step to syslog.
     pub debug: bool,
     /// `fault_panic` (fault-injection builds only): panic in authenticate.
@@ -57,6 +63,8 @@ impl Default for Args {
             command: CommandMode::Auto,
             grant_only: false,
             allow_services: Vec::new(),
+            request: false,
+            request_timeout: None,
             debug: false,
             #[cfg(feature = "fault-injection")]
             fault_panic: false,
@@ -121,12 +129,22 @@ pub fn parse(args: &[&str]) -> Result<Args, String> {
                     other => return Err(format!("command={other}: use auto or none")),
                 }
             }
-            "nonint" | "grant_only" | "debug" if value.is_some() => {
+            "request_timeout" => {
+                let v = need("request_timeout=")?;
+                let secs = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|s| (1..=3600).contains(s))
+                    .ok_or_else(|| format!("request_timeout={v}: seconds from 1 to 3600"))?;
+                out.request_timeout = Some(secs);
+            }
+            "nonint" | "grant_only" | "debug" | "request" if value.is_some() => {
                 return Err(format!("argument {key} takes no value"));
             }
             "nonint" => out.nonint = true,
             "grant_only" => out.grant_only = true,
             "debug" => out.debug = true,
+            "request" => out.request = true,
             #[cfg(feature = "fault-injection")]
             "fault_panic" => out.fault_panic = true,
             other => {
@@ -158,6 +176,8 @@ mod tests {
             "grant_only",
             "allow_service=sshd,login",
             "allow_service=gdm-password",
+            "request",
+            "request_timeout=90",
             "debug",
         ]);
         assert_eq!(
@@ -171,6 +191,8 @@ mod tests {
                 command: CommandMode::None,
                 grant_only: true,
                 allow_services: vec!["sshd".into(), "login".into(), "gdm-password".into()],
+                request: true,
+                request_timeout: Some(90),
                 debug: true,
             })
         );
@@ -190,6 +212,10 @@ mod tests {
             &["allow_service=a b"],
             &["allow_service=sshd,"],
             &["allow_service=../x"],
+            &["request=yes"],
+            &["request_timeout=0"],
+            &["request_timeout=3601"],
+            &["request_timeout=x"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

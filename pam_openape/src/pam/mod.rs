@@ -13,6 +13,7 @@
 
 pub mod args;
 mod ffi;
+mod request;
 
 use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -350,19 +351,43 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
     let served = invocation::host_kind(&invocation::own_exe_name(), &service)
         != invocation::Host::Other
         || other_service_allowed(&args, &service).is_ok();
-    let Some(token) = find_grant(pamh, &args, served) else {
-        return PamResultCode::PAM_IGNORE;
+    // In request mode a missing grant is asked for at the IdP before any
+    // prompt; the prompt stays the fallback for a caller without identity.
+    let token = match find_grant(pamh, &args, served && !args.request) {
+        Some(t) => t,
+        None if served && args.request => match request::grant(pamh, &args, &service, flags) {
+            request::Outcome::Token(t) => t,
+            request::Outcome::Skip => match find_grant(pamh, &args, true) {
+                Some(t) => t,
+                None => return PamResultCode::PAM_IGNORE,
+            },
+            request::Outcome::Done(code) => return code,
+        },
+        None => return PamResultCode::PAM_IGNORE,
     };
-    let (cfg, audit) = match load(pamh, &args) {
+    accept(pamh, &args, &service, flags, &token)
+}
+
+/// Verify `token` for what this host is about to do, consume it, log it
+/// and remember it in the handle. The one place both a presented and a
+/// requested grant go through.
+fn accept(
+    pamh: &mut PamHandle,
+    args: &Args,
+    service: &str,
+    flags: PamFlag,
+    token: &str,
+) -> PamResultCode {
+    let (cfg, audit) = match load(pamh, args) {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let mut rec = base_record(&cfg, &service, "denied");
-    rec.token_fp = Some(fingerprint(&token));
+    let mut rec = base_record(&cfg, service, "denied");
+    rec.token_fp = Some(fingerprint(token));
 
     let result = (|| -> Result<(verify::Approved, String, Option<Vec<String>>), Denial> {
         let caller = caller(pamh)?;
-        let (target, argv) = what_is_authorised(pamh, &args, &service)?;
+        let (target, argv) = what_is_authorised(pamh, args, service)?;
         rec.command = argv.clone().unwrap_or_default();
         rec.run_as = Some(target.clone());
         let client = Client::new(cfg.http_timeout, cfg.ca_bundle.as_deref(), ROOT)?;
@@ -374,7 +399,7 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
         };
         let debug = args.debug;
         let verified = verify::check(
-            &token,
+            token,
             &req,
             &cfg,
             &mut keys,
@@ -402,7 +427,7 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
             target_host: Some(c.target_host.clone()),
             ..rec.clone()
         })?;
-        let approved = verify::consume(verified, &token, &cfg, &client, now_unix())?;
+        let approved = verify::consume(verified, token, &cfg, &client, now_unix())?;
         Ok((approved, target, argv))
     })();
 
@@ -448,31 +473,41 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
             PamResultCode::PAM_SUCCESS
         }
         Ok(_) => PamResultCode::PAM_AUTH_ERR,
-        Err(d) => {
-            let line = Record {
-                step: Some(d.step.name()),
-                reason: Some(d.reason.clone()),
-                ..rec
-            };
-            if let Err(e) = audit.append(&line) {
-                ffi::syslog(pamh, libc::LOG_ERR, &e.reason);
-            }
-            ffi::syslog(
-                pamh,
-                libc::LOG_WARNING,
-                &format!("grant refused at {}: {}", d.step.name(), d.reason),
-            );
-            if flags & PAM_SILENT == 0
-                && let Ok(Some(conv)) = pamh.get_item::<pam::conv::Conv>()
-            {
-                let _ = conv.send(
-                    PAM_ERROR_MSG,
-                    &format!("OpenApe: {}", crate::error::sanitize(&d.reason, 300)),
-                );
-            }
-            code_for(&d)
-        }
+        Err(d) => refuse(pamh, &audit, rec, flags, &d),
     }
+}
+
+/// A refusal: the `denied` line, syslog, a message unless PAM_SILENT, and
+/// the return code for its kind.
+fn refuse(
+    pamh: &PamHandle,
+    audit: &AuditLog,
+    rec: Record,
+    flags: PamFlag,
+    d: &Denial,
+) -> PamResultCode {
+    let line = Record {
+        step: Some(d.step.name()),
+        reason: Some(d.reason.clone()),
+        ..rec
+    };
+    if let Err(e) = audit.append(&line) {
+        ffi::syslog(pamh, libc::LOG_ERR, &e.reason);
+    }
+    ffi::syslog(
+        pamh,
+        libc::LOG_WARNING,
+        &format!("grant refused at {}: {}", d.step.name(), d.reason),
+    );
+    if flags & PAM_SILENT == 0
+        && let Ok(Some(conv)) = pamh.get_item::<pam::conv::Conv>()
+    {
+        let _ = conv.send(
+            PAM_ERROR_MSG,
+            &format!("OpenApe: {}", crate::error::sanitize(&d.reason, 300)),
+        );
+    }
+    code_for(d)
 }
 
 /// Account phase. A handle this module authenticated passes; in
@@ -494,7 +529,28 @@ fn account(pamh: &mut PamHandle, raw: &[&CStr]) -> PamResultCode {
             Err(d) => Err(d.reason),
         },
         None if args.grant_only => {
-            Err("no grant was verified for this command (grant_only)".into())
+            // sudo skips authentication for NOPASSWD rules (and `sudo -n`
+            // agents rely on that), but still runs this phase: a grant in
+            // the environment, or with `request` one asked for now, is
+            // verified and consumed here, for exactly this argv.
+            let token = match find_grant(pamh, &args, false) {
+                Some(t) => Some(t),
+                None if args.request => match request::grant(pamh, &args, &service, 0) {
+                    request::Outcome::Token(t) => Some(t),
+                    request::Outcome::Skip => None,
+                    request::Outcome::Done(_) => return PamResultCode::PAM_PERM_DENIED,
+                },
+                None => None,
+            };
+            match token {
+                Some(t) => {
+                    return match accept(pamh, &args, &service, 0, &t) {
+                        PamResultCode::PAM_SUCCESS => PamResultCode::PAM_SUCCESS,
+                        _ => PamResultCode::PAM_PERM_DENIED,
+                    };
+                }
+                None => Err("no grant was verified for this command (grant_only)".into()),
+            }
         }
         None => return PamResultCode::PAM_IGNORE,
     };

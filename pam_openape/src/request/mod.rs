@@ -105,6 +105,13 @@ fn fail_with(chan: &mut privsep::Channel, d: &Denial) -> i32 {
 
 /// The child's whole job, as the caller.
 fn child_main(p: &Params, mut client: Client, chan: &mut privsep::Channel) -> i32 {
+    // A hard end for the child whatever happens: the whole wait, a few
+    // requests (login, create, token, cancel) and some slack. The parent
+    // normally stops it long before; if the parent dies (sudo killed by
+    // Ctrl-C), the closed control pipe makes the child cancel the request
+    // and exit, and this alarm bounds even that.
+    let backstop = p.wait + p.http_timeout * 6 + Duration::from_secs(10);
+    privsep::end_after(backstop);
     let id = match identity::discover(&p.hints, crate::time::now_unix()) {
         Ok(Some(id)) => id,
         Ok(None) => {

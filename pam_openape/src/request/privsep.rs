@@ -4,7 +4,9 @@
 //! The child becomes the caller for good (initgroups, setresgid,
 //! setresuid, then it checks there is no way back) before the work starts,
 //! so every file it opens and every socket it makes has exactly the
-//! caller's rights. It is not dumpable, dies with its parent, keeps only
+//! caller's rights. It is not dumpable, notices when its parent is gone
+//! (the control pipe closes: the work can still clean up, e.g. cancel a
+//! request at the IdP, and must end within its own bounded time), keeps only
 //! its two pipe ends and /dev/null on 0–2, ignores the terminal's signals
 //! (the parent decides when to stop it), and always ends with `_exit`:
 //! it never returns into the caller's code, no panic unwinds out of it,
@@ -342,6 +344,7 @@ fn child_setup(caller: &Caller, parent: libc::pid_t, keep: &[RawFd]) -> Result<(
             libc::signal(sig, libc::SIG_IGN);
         }
         libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        libc::signal(libc::SIGALRM, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
@@ -351,7 +354,6 @@ fn child_setup(caller: &Caller, parent: libc::pid_t, keep: &[RawFd]) -> Result<(
     // SAFETY: prctl with integer arguments on this process only.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         if libc::getppid() != parent {
             return Err("the parent is gone".into());
         }
@@ -369,6 +371,14 @@ fn child_setup(caller: &Caller, parent: libc::pid_t, keep: &[RawFd]) -> Result<(
     close_others(keep);
     let _ = std::env::set_current_dir("/");
     Ok(())
+}
+
+/// In the child: end the process (SIGALRM, at its default action here)
+/// after `d`, whatever the work is doing.
+pub fn end_after(d: Duration) {
+    let secs = u32::try_from(d.as_secs().max(1)).unwrap_or(u32::MAX);
+    // SAFETY: alarm only arms a timer of this process.
+    unsafe { libc::alarm(secs) };
 }
 
 /// Fork a child that becomes `caller` and runs `work`, then `_exit`s with

@@ -1,0 +1,203 @@
+//! Request mode of the PAM module (module argument `request`): no grant
+//! presented, so the caller asks the IdP for one for exactly the command
+//! sudo or su is about to run, the approval URL reaches the user through
+//! the conversation, and the module waits. The JWT that comes back then
+//! goes through the same [`super::accept`] as any presented grant.
+//!
+//! The asking and waiting run in the privilege-separated request child of
+//! [`crate::request`] (it has become the caller before it opens a file or
+//! a socket); this side only starts it, relays the URL, writes the
+//! `grant_requested` line and bounds the wait. When the host dies while
+//! waiting (Ctrl-C kills sudo), the child sees its control pipe close and
+//! cancels the request at the IdP before it exits.
+
+use std::time::{Duration, Instant};
+
+use pam::constants::{PAM_ERROR_MSG, PAM_SILENT, PAM_TEXT_INFO, PamFlag, PamResultCode};
+use pam::module::PamHandle;
+
+use super::args::Args;
+use super::{base_record, caller, ffi, load, refuse, what_is_authorised};
+use crate::audit::Record;
+use crate::error::{Denial, Kind, Step};
+use crate::http::Client;
+use crate::request::identity::Hints;
+use crate::request::proto::GrantRequest;
+use crate::request::{self as core, Event, Params, privsep};
+
+/// What request mode came to.
+pub enum Outcome {
+    /// An approved grant's JWT: verify and consume it.
+    Token(String),
+    /// Request mode does not apply (no identity, no command, request mode
+    /// off in the config): go on as without `request`.
+    Skip,
+    /// Refused or failed; logged and told already. The code to return.
+    Done(PamResultCode),
+}
+
+/// One line to the user through the conversation. Informational lines go
+/// out even under PAM_SILENT: the URL is the prompt of this method.
+fn tell(pamh: &PamHandle, style: pam::constants::PamMessageStyle, text: &str) {
+    if let Ok(Some(conv)) = pamh.get_item::<pam::conv::Conv>() {
+        let _ = conv.send(style, text);
+    }
+}
+
+pub fn grant(pamh: &mut PamHandle, args: &Args, service: &str, flags: PamFlag) -> Outcome {
+    let (cfg, audit) = match load(pamh, args) {
+        Ok(x) => x,
+        Err(code) => return Outcome::Done(code),
+    };
+    let idp = match (&cfg.request.idp, cfg.request.enabled) {
+        (Some(idp), true) => idp.clone(),
+        _ => return Outcome::Skip,
+    };
+    let mut rec = base_record(&cfg, service, "denied");
+    let prepared = (|| -> Result<Option<(Params, privsep::Caller)>, Denial> {
+        let name = caller(pamh)?;
+        let (target, argv) = what_is_authorised(pamh, args, service)?;
+        let Some(argv) = argv else {
+            // An interactive su shell: nothing to ask for.
+            return Ok(None);
+        };
+        rec.command = argv.clone();
+        rec.run_as = Some(target.clone());
+        let uid = nix::unistd::getuid();
+        let user = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .ok_or_else(|| Denial::refused(Step::Caller, format!("uid {uid} has no passwd entry")))?;
+        let wait = Duration::from_secs(u64::from(args.request_timeout.unwrap_or(cfg.request.timeout)));
+        let params = Params {
+            hints: Hints {
+                home: user.dir.clone(),
+                idp: idp.clone(),
+                key: None,
+                email: None,
+            },
+            request: GrantRequest {
+                requester: String::new(),
+                target_host: cfg.host.clone(),
+                audience: cfg
+                    .allowed_audiences
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "escapes".into()),
+                grant_type: cfg.request.grant_type.clone(),
+                command: argv,
+                run_as: target,
+                reason: format!("{service} on {} by {name}", cfg.host),
+                duration: None,
+            },
+            grant_id: None,
+            no_wait: false,
+            wait,
+            http_timeout: cfg.http_timeout,
+        };
+        let who = privsep::Caller {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            name,
+        };
+        Ok(Some((params, who)))
+    })();
+    let (params, who) = match prepared {
+        Ok(Some(p)) => p,
+        Ok(None) => return Outcome::Skip,
+        Err(d) => return Outcome::Done(refuse(pamh, &audit, rec, flags, &d)),
+    };
+    let wait = params.wait;
+    let limit = wait + cfg.http_timeout * 5 + Duration::from_secs(2);
+    let client = match Client::new(cfg.http_timeout, cfg.ca_bundle.as_deref(), super::ROOT) {
+        Ok(c) => c,
+        Err(d) => return Outcome::Done(refuse(pamh, &audit, rec, flags, &d)),
+    };
+    let mut child = match core::start(&who, params, client) {
+        Ok(c) => c,
+        Err(d) => return Outcome::Done(refuse(pamh, &audit, rec, flags, &d)),
+    };
+    let started = Instant::now();
+    let mut requester: Option<String> = None;
+    let mut grant_id: Option<String> = None;
+    let failed = loop {
+        if started.elapsed() > limit {
+            child.finish(Duration::ZERO);
+            break Denial::refused(
+                Step::Request,
+                format!("no decision within {} s; the request helper was stopped", wait.as_secs()),
+            );
+        }
+        let event = match child.next(Duration::from_millis(250)) {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(d) => break d,
+        };
+        match event {
+            Event::NoIdentity => {
+                child.finish(Duration::from_millis(200));
+                return Outcome::Skip;
+            }
+            Event::Requester(email) => requester = Some(email),
+            Event::Grant { id, url } => {
+                let line = Record {
+                    event: "grant_requested",
+                    grant_id: Some(id.clone()),
+                    agent: requester.clone(),
+                    issuer: Some(idp.clone()),
+                    step: None,
+                    reason: None,
+                    ..rec.clone()
+                };
+                if let Err(e) = audit.append(&line) {
+                    child.cancel();
+                    let _ = child.next(cfg.http_timeout + Duration::from_secs(1));
+                    child.finish(Duration::ZERO);
+                    return Outcome::Done(refuse(pamh, &audit, rec, flags, &e));
+                }
+                ffi::syslog(
+                    pamh,
+                    libc::LOG_NOTICE,
+                    &format!("grant {id} requested for {:?} as {:?}", rec.command, rec.run_as),
+                );
+                tell(pamh, PAM_TEXT_INFO, &format!("Approve at: {url}"));
+                tell(
+                    pamh,
+                    PAM_TEXT_INFO,
+                    &format!("Waiting up to {} s for approval…", wait.as_secs()),
+                );
+                grant_id = Some(id);
+            }
+            Event::Token(jwt) => {
+                child.finish(Duration::from_millis(500));
+                return Outcome::Token(jwt);
+            }
+            Event::Pending => {
+                break Denial::refused(Step::Request, "the request is still pending");
+            }
+            Event::Cancelled(ok) => {
+                child.finish(Duration::from_millis(500));
+                break Denial::new(
+                    Step::Request,
+                    Kind::Refused,
+                    if ok { "request cancelled" } else { "request could not be cancelled" },
+                );
+            }
+            Event::Failed(d) => {
+                child.finish(Duration::from_millis(500));
+                break d;
+            }
+        }
+    };
+    rec.grant_id = grant_id;
+    if flags & PAM_SILENT != 0 {
+        // refuse() stays quiet under PAM_SILENT; the user who was shown a
+        // URL must still learn why nothing happens.
+        tell(
+            pamh,
+            PAM_ERROR_MSG,
+            &format!("OpenApe: {}", crate::error::sanitize(&failed.reason, 300)),
+        );
+    }
+    Outcome::Done(refuse(pamh, &audit, rec, flags, &failed))
+}

@@ -1,0 +1,293 @@
+//! Request mode of pam_openape.so (module argument `request`), through
+//! real libpam: a setuid copy of `pam-driver` named `sudo` is run by the
+//! real test user (real uid = the caller, effective uid 0, as under sudo),
+//! imitating `sudo <argv>`. The test user has an enrolled Ed25519 key in a
+//! home of its own (bind-mounted in the sandbox's namespace); the test
+//! plays the approver. Real sudo in request mode is in `pam_sudo_su`.
+//!
+//! Needs root; without it every test prints a skip notice and passes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use openape_tests::harness::{
+    self, Output, Run, Sandbox, TEST_USER, TestUser, artefact, set_owner_mode, test_user,
+};
+use openape_tests::idp::{TestIdp, TokenSwap};
+use pam_openape::request::keys;
+use serde_json::Value;
+
+const AGENT: &str = "agent@example.com";
+const SUCCESS: &str = "0";
+const PERM_DENIED: &str = "6";
+const AUTH_ERR: &str = "7";
+
+struct P {
+    idp: TestIdp,
+    sb: Sandbox,
+    home: PathBuf,
+    user: &'static TestUser,
+    driver: PathBuf,
+    module: String,
+}
+
+fn key_from_urandom() -> SigningKey {
+    use std::io::Read as _;
+    let mut seed = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut seed)
+        .unwrap();
+    SigningKey::from_bytes(&seed)
+}
+
+fn setup(name: &str, with_key: bool) -> Option<P> {
+    if !harness::require_root() {
+        return None;
+    }
+    let user = test_user();
+    let idp = TestIdp::start();
+    let mut sb = Sandbox::new(name);
+    let home = sb.with_user_home();
+    let mut cfg = sb.config(&idp.issuer());
+    cfg.tail = "[request]\ntimeout = 30\n".into();
+    sb.write_config(&cfg.render());
+    let so = fs::read(artefact("libpam_openape.so")).unwrap();
+    let module = sb
+        .write_file("pam_openape.so", &so, 0, 0, 0o644)
+        .to_string_lossy()
+        .into_owned();
+    fs::create_dir_all(sb.path("pam.d")).unwrap();
+    let driver = sb.install_setuid(&artefact("pam-driver"), "bin/sudo");
+    let p = P {
+        idp,
+        sb,
+        home,
+        user,
+        driver,
+        module,
+    };
+    if with_key {
+        let key = key_from_urandom();
+        p.user_file(".ssh/id_ed25519", keys::pkcs8_pem(&key).as_bytes(), 0o600);
+        p.user_file(
+            ".ssh/id_ed25519.pub",
+            format!("{}\n", keys::ssh_public_line(&key, Some(AGENT))).as_bytes(),
+            0o644,
+        );
+        p.idp.register_agent(AGENT, key.verifying_key().to_bytes());
+    }
+    Some(p)
+}
+
+impl P {
+    fn user_file(&self, rel: &str, content: &[u8], mode: u32) -> PathBuf {
+        let p = self.home.join(rel);
+        let dir = p.parent().unwrap();
+        if !dir.exists() {
+            fs::create_dir_all(dir).unwrap();
+            set_owner_mode(dir, self.user.uid, self.user.gid, 0o700);
+        }
+        fs::write(&p, content).unwrap();
+        set_owner_mode(&p, self.user.uid, self.user.gid, mode);
+        p
+    }
+
+    /// The `sudo` stack: `{so}` and `{cfg}` filled in.
+    fn stack(&self, text: &str) {
+        let t = text
+            .replace("{so}", &self.module)
+            .replace("{cfg}", &self.sb.config_path().to_string_lossy());
+        self.sb
+            .write_file("pam.d/sudo", t.as_bytes(), 0, 0, 0o644);
+    }
+
+    /// `sudo ARGS` through the setuid driver, as the test user.
+    fn drive(&self, args: &[&str], steps: &str) -> Output {
+        Run::new(&self.driver)
+            .arg0("sudo")
+            .args(args)
+            .env("PAMD_SERVICE", "sudo")
+            .env("PAMD_CONFDIR", self.sb.path("pam.d"))
+            .env("PAMD_USER", TEST_USER)
+            .env("PAMD_RUSER", TEST_USER)
+            .env("PAMD_STEPS", steps)
+            .config_ns(self.sb.config_ns())
+            .as_test_user()
+            .timeout(Duration::from_secs(60))
+            .output()
+    }
+
+    /// Drive on a thread; once a grant is pending, `decide(id)`.
+    fn drive_and_decide(&self, args: &[&str], steps: &str, decide: impl FnOnce(&str)) -> Output {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| self.drive(args, steps));
+            let id = self
+                .idp
+                .wait_for_pending(Duration::from_secs(20))
+                .unwrap_or_else(|| panic!("no pending grant: {:?}", self.idp.requests()));
+            decide(&id);
+            h.join().unwrap()
+        })
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.sb
+            .audit_lines()
+            .iter()
+            .map(|l| l["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    fn last(&self) -> Value {
+        self.sb.last_audit()
+    }
+}
+
+fn code(out: &Output, step: &str) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{step}=")))
+        .unwrap_or_else(|| panic!("no {step}= line\n{out}"))
+        .to_string()
+}
+
+const AUTH_REQUEST: &str = "auth required {so} config={cfg} nonint request\n";
+
+#[test]
+fn approved_request_authenticates_that_argv_once() {
+    let Some(p) = setup("pamreq-ok", true) else {
+        return;
+    };
+    p.stack(AUTH_REQUEST);
+    let out = p.drive_and_decide(&["id", "-u"], "auth", |id| {
+        assert!(p.idp.approve(id, harness::APPROVER));
+    });
+    assert_eq!(code(&out, "auth"), SUCCESS, "{out}");
+    // The URL reached the user through the conversation (PAM_TEXT_INFO = 4).
+    let id = p.idp.grant_ids().pop().unwrap();
+    assert!(
+        out.stdout
+            .contains(&format!("msg=4:Approve at: {}/grant-approval?grant_id={id}", p.idp.issuer())),
+        "{out}"
+    );
+    assert_eq!(p.events(), ["grant_requested", "grant_run"]);
+    let l = p.last();
+    assert_eq!(l["command"], serde_json::json!(["id", "-u"]));
+    assert_eq!(l["run_as"], "root");
+    assert_eq!(l["via"], "pam:sudo");
+    assert_eq!(l["grant_id"], id.as_str());
+    assert_eq!(p.idp.consume_count(&id), 1);
+    // The request named exactly sudo's command and target.
+    let reqs = p.idp.requests();
+    assert!(reqs.iter().any(|r| r.1.starts_with("/api/grants")), "{reqs:?}");
+}
+
+#[test]
+fn denied_request_and_the_deadline_refuse_and_cancel() {
+    let Some(p) = setup("pamreq-deny", true) else {
+        return;
+    };
+    p.stack(AUTH_REQUEST);
+    let out = p.drive_and_decide(&["id", "-u"], "auth", |id| {
+        assert!(p.idp.deny(id, harness::APPROVER));
+    });
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    let l = p.last();
+    assert_eq!((l["event"].as_str(), l["step"].as_str()), (Some("denied"), Some("request")), "{l}");
+
+    // Deadline: nobody decides; the request is cancelled by its requester.
+    p.stack(&AUTH_REQUEST.replace("request\n", "request request_timeout=2\n"));
+    let out = p.drive(&["id", "-g"], "auth");
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    let id = p.idp.grant_ids().pop().unwrap();
+    let (status, by) = p.idp.grant_state(&id).unwrap();
+    assert_eq!(status, "denied", "the request must be cancelled");
+    assert_eq!(by.as_deref(), Some(AGENT));
+    assert_eq!(p.last()["step"], "request");
+    assert_eq!(p.idp.consume_count(&id), 0);
+}
+
+#[test]
+fn a_token_for_another_command_is_refused_at_the_command_step() {
+    let Some(p) = setup("pamreq-swap", true) else {
+        return;
+    };
+    p.stack(AUTH_REQUEST);
+    p.idp.set_token_swap(Some(TokenSwap {
+        command: Some(vec!["id".into(), "-g".into()]),
+        ..TokenSwap::default()
+    }));
+    let out = p.drive_and_decide(&["id", "-u"], "auth", |id| {
+        assert!(p.idp.approve(id, harness::APPROVER));
+    });
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    assert_eq!(p.last()["step"], "command");
+    let id = p.idp.grant_ids().pop().unwrap();
+    assert_eq!(p.idp.consume_count(&id), 0);
+}
+
+#[test]
+fn without_an_identity_nothing_is_requested() {
+    let Some(p) = setup("pamreq-none", false) else {
+        return;
+    };
+    p.stack(AUTH_REQUEST);
+    let out = p.drive(&["id", "-u"], "auth");
+    assert_ne!(code(&out, "auth"), SUCCESS, "{out}");
+    assert!(!out.stdout.contains("Approve at"), "{out}");
+    assert!(p.idp.grant_ids().is_empty());
+    assert!(!p.events().iter().any(|e| e == "grant_requested"));
+}
+
+#[test]
+fn unreadable_or_symlinked_keys_are_never_read_and_nothing_is_sent() {
+    let Some(p) = setup("pamreq-key", false) else {
+        return;
+    };
+    p.stack(AUTH_REQUEST);
+    fs::create_dir_all(p.home.join(".ssh")).unwrap();
+    set_owner_mode(&p.home.join(".ssh"), p.user.uid, p.user.gid, 0o700);
+    std::os::unix::fs::symlink("/etc/shadow", p.home.join(".ssh/id_ed25519")).unwrap();
+    let out = p.drive(&["id", "-u"], "auth");
+    assert_ne!(code(&out, "auth"), SUCCESS, "{out}");
+    assert!(!out.stdout.contains("root:"), "{out}");
+    assert!(p.idp.requests().is_empty(), "{:?}", p.idp.requests());
+
+    fs::remove_file(p.home.join(".ssh/id_ed25519")).unwrap();
+    p.sb.write_file(
+        "home/.ssh/id_ed25519",
+        keys::pkcs8_pem(&key_from_urandom()).as_bytes(),
+        0,
+        0,
+        0o600,
+    );
+    let out = p.drive(&["id", "-u"], "auth");
+    assert_ne!(code(&out, "auth"), SUCCESS, "{out}");
+    assert!(p.idp.requests().is_empty(), "{:?}", p.idp.requests());
+}
+
+/// The agent path: a NOPASSWD sudo rule skips authentication (and `sudo
+/// -n` never prompts), but the account phase with `grant_only request`
+/// asks for the grant, waits and verifies it for this very argv.
+#[test]
+fn account_phase_requests_for_nopasswd_agents() {
+    let Some(p) = setup("pamreq-acct", true) else {
+        return;
+    };
+    p.stack("account required {so} config={cfg} grant_only request\n");
+    let out = p.drive_and_decide(&["-n", "id", "-u"], "acct", |id| {
+        assert!(p.idp.approve(id, harness::APPROVER));
+    });
+    assert_eq!(code(&out, "acct"), SUCCESS, "{out}");
+    assert_eq!(p.events(), ["grant_requested", "grant_run"]);
+
+    let out = p.drive_and_decide(&["-n", "id", "-u"], "acct", |id| {
+        assert!(p.idp.deny(id, harness::APPROVER));
+    });
+    assert_eq!(code(&out, "acct"), PERM_DENIED, "{out}");
+    assert_eq!(p.last()["step"], "request");
+}
