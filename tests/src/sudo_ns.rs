@@ -176,6 +176,12 @@ impl PamSandbox {
         self.sb.path("lib/pam_openape.so")
     }
 
+    /// A home of its own for the test user (request mode: its key lives
+    /// there), bind-mounted at the user's passwd home in every run.
+    pub fn with_user_home(&mut self) -> PathBuf {
+        self.sb.with_user_home()
+    }
+
     /// Fill a stack template: `@SO@` (the module copy), `@CFG@` (the
     /// config file), `@ROOT@` (the sandbox root).
     pub fn render(&self, template: &str) -> String {
@@ -248,7 +254,14 @@ impl PamSandbox {
         if argv.first().is_some_and(|a| a.contains('=')) {
             r = r.arg("--");
         }
-        r = r.args(argv).cwd(self.sb.root()).timeout(SCENARIO_TIMEOUT);
+        // The sandbox's config namespace first (an overlay on /etc, the
+        // config at /etc/openape, the user's home where one was set up);
+        // the binds above go on top of it.
+        r = r
+            .args(argv)
+            .cwd(self.sb.root())
+            .config_ns(self.sb.config_ns())
+            .timeout(SCENARIO_TIMEOUT);
         if let Some(s) = stdin {
             r = r.stdin(s);
         }

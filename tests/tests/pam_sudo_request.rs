@@ -1,0 +1,223 @@
+//! Real sudo asks for approval and waits (pam_openape.so with `request`),
+//! in a private mount namespace: the one-line PAM change for people, the
+//! NOPASSWD + `sudo -n` setup for agents, refusals, and two waits at once.
+//! The test user has an enrolled key in a home of its own; the test plays
+//! the approver. Needs root; otherwise every test prints a skip notice.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use openape_tests::harness::{self, Output, TEST_USER, set_owner_mode, test_user};
+use openape_tests::idp::TestIdp;
+use openape_tests::sudo_ns::{PamSandbox, require_root};
+use pam_openape::request::keys;
+
+const AGENT: &str = "agent@example.com";
+
+/// The shipped request stack: a grant (presented or asked for) or the
+/// password; grant_only in the account phase closes the timestamp.
+const SUDO_REQUEST: &str = "\
+#%PAM-1.0
+auth     sufficient @SO@ config=@CFG@ request
+auth     required   pam_deny.so
+account  required   @SO@ config=@CFG@ grant_only
+session  required   pam_permit.so
+";
+
+/// The agent stack: NOPASSWD skips authentication; the account phase asks.
+const SUDO_AGENT: &str = "\
+#%PAM-1.0
+auth     required   pam_deny.so
+account  required   @SO@ config=@CFG@ grant_only request
+session  required   pam_permit.so
+";
+
+fn sudoers(nopasswd: bool) -> String {
+    format!(
+        "Defaults !lecture, timestamp_timeout=0, passwd_tries=1\n\
+         Defaults secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n\
+         {TEST_USER} ALL=(ALL:ALL) {}ALL\n",
+        if nopasswd { "NOPASSWD: " } else { "" }
+    )
+}
+
+struct S {
+    idp: TestIdp,
+    ps: PamSandbox,
+}
+
+fn setup(name: &str, stack: &str, nopasswd: bool) -> Option<S> {
+    if !require_root() {
+        return None;
+    }
+    let user = test_user();
+    let idp = TestIdp::start();
+    let mut ps = PamSandbox::new(name, &idp.issuer());
+    let home = ps.with_user_home();
+    let mut cfg = ps.sb.config(&idp.issuer());
+    cfg.tail = "[request]\ntimeout = 15\n".into();
+    ps.sb.write_config(&cfg.render());
+    ps.write_pam("sudo", stack);
+    ps.write_sudoers(&sudoers(nopasswd));
+    let mut seed = [0u8; 32];
+    use std::io::Read as _;
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut seed)
+        .unwrap();
+    let key = SigningKey::from_bytes(&seed);
+    let ssh = home.join(".ssh");
+    fs::create_dir(&ssh).unwrap();
+    set_owner_mode(&ssh, user.uid, user.gid, 0o700);
+    for (name, text, mode) in [
+        ("id_ed25519", keys::pkcs8_pem(&key), 0o600),
+        (
+            "id_ed25519.pub",
+            format!("{}\n", keys::ssh_public_line(&key, Some(AGENT))),
+            0o644,
+        ),
+    ] {
+        let p = ssh.join(name);
+        fs::write(&p, text).unwrap();
+        set_owner_mode(&p, user.uid, user.gid, mode);
+    }
+    idp.register_agent(AGENT, key.verifying_key().to_bytes());
+    Some(S { idp, ps })
+}
+
+impl S {
+    /// Run `argv` (as the test user, through sudo) on a thread; decide
+    /// the first pending grant with `decide`.
+    fn run_and_decide(&self, argv: &[&str], decide: impl FnOnce(&str)) -> Output {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| self.ps.run(argv, &[], None));
+            let id = self
+                .idp
+                .wait_for_pending(Duration::from_secs(15))
+                .unwrap_or_else(|| panic!("no pending grant: {:?}", self.idp.requests()));
+            decide(&id);
+            h.join().unwrap()
+        })
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.ps
+            .audit()
+            .iter()
+            .map(|l| l["event"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+#[test]
+fn sudo_shows_the_link_waits_and_runs_the_approved_command() {
+    let Some(s) = setup("sudoreq-ok", SUDO_REQUEST, false) else {
+        return;
+    };
+    let out = s.run_and_decide(&["sudo", "id", "-u"], |id| {
+        assert!(s.idp.approve(id, harness::APPROVER));
+    });
+    assert_eq!(out.code, 0, "{out}");
+    // sudo prints PAM_TEXT_INFO on its stdout when that is not a tty.
+    assert!(out.stdout.lines().any(|l| l == "0"), "{out}");
+    let id = s.idp.grant_ids().pop().unwrap();
+    let all = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        all.contains(&format!("Approve at: {}/grant-approval?grant_id={id}", s.idp.issuer())),
+        "the link must reach the user (sudo passes PAM_SILENT): {out}"
+    );
+    assert_eq!(s.events(), ["grant_requested", "grant_run"]);
+    let l = s.ps.last_audit();
+    assert_eq!(l["command"], serde_json::json!(["id", "-u"]));
+    assert_eq!(l["via"], "pam:sudo");
+    assert_eq!(s.idp.consume_count(&id), 1);
+}
+
+#[test]
+fn sudo_denied_request_runs_nothing() {
+    let Some(s) = setup("sudoreq-deny", SUDO_REQUEST, false) else {
+        return;
+    };
+    let marker = s.ps.out_path("ran");
+    let m = marker.to_string_lossy().into_owned();
+    let out = s.run_and_decide(&["sudo", "touch", &m], |id| {
+        assert!(s.idp.deny(id, harness::APPROVER));
+    });
+    assert_ne!(out.code, 0, "{out}");
+    assert!(!marker.exists());
+    let l = s.ps.last_audit();
+    assert_eq!(l["event"], "denied", "{l}");
+    assert_eq!(l["step"], "request", "{l}");
+}
+
+/// The agent setup: NOPASSWD rule, `sudo -n`, the module in the account
+/// phase with `grant_only request`. Without an approved grant for that very
+/// argv nothing runs.
+#[test]
+fn sudo_n_agents_wait_for_approval_of_that_very_argv() {
+    let Some(s) = setup("sudoreq-agent", SUDO_AGENT, true) else {
+        return;
+    };
+    let out = s.run_and_decide(&["sudo", "-n", "id", "-u"], |id| {
+        assert!(s.idp.approve(id, harness::APPROVER));
+    });
+    assert_eq!(out.code, 0, "{out}");
+    // sudo prints PAM_TEXT_INFO on its stdout when that is not a tty.
+    assert!(out.stdout.lines().any(|l| l == "0"), "{out}");
+    assert_eq!(s.events(), ["grant_requested", "grant_run"]);
+
+    let marker = s.ps.out_path("denied");
+    let m = marker.to_string_lossy().into_owned();
+    let out = s.run_and_decide(&["sudo", "-n", "touch", &m], |id| {
+        assert!(s.idp.deny(id, harness::APPROVER));
+    });
+    assert_ne!(out.code, 0, "{out}");
+    assert!(!marker.exists());
+    assert_eq!(s.ps.last_audit()["step"], "request");
+}
+
+/// Two sudo runs wait at once, each for its own command; approved in the
+/// opposite order, each runs exactly its own command once.
+#[test]
+fn two_waits_at_once_each_run_only_their_own_command() {
+    let Some(s) = setup("sudoreq-two", SUDO_REQUEST, false) else {
+        return;
+    };
+    let a = s.ps.out_path("a");
+    let b = s.ps.out_path("b");
+    let (a_s, b_s) = (
+        a.to_string_lossy().into_owned(),
+        b.to_string_lossy().into_owned(),
+    );
+    let (out_a, out_b) = std::thread::scope(|t| {
+        let ha = t.spawn(|| s.ps.run(&["sudo", "touch", &a_s], &[], None));
+        let hb = t.spawn(|| s.ps.run(&["sudo", "touch", &b_s], &[], None));
+        let start = std::time::Instant::now();
+        while s.idp.grant_ids().len() < 2 && start.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ids = s.idp.grant_ids();
+        assert_eq!(ids.len(), 2, "two requests: {:?}", s.idp.requests());
+        for id in ids.iter().rev() {
+            assert!(s.idp.approve(id, harness::APPROVER));
+        }
+        (ha.join().unwrap(), hb.join().unwrap())
+    });
+    assert_eq!(out_a.code, 0, "{out_a}");
+    assert_eq!(out_b.code, 0, "{out_b}");
+    assert!(a.exists() && b.exists());
+    let runs: Vec<(String, serde_json::Value)> = s
+        .ps
+        .audit()
+        .into_iter()
+        .filter(|l| l["event"] == "grant_run")
+        .map(|l| (l["grant_id"].as_str().unwrap().to_string(), l["command"].clone()))
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_ne!(runs[0].0, runs[1].0);
+    for id in s.idp.grant_ids() {
+        assert_eq!(s.idp.consume_count(&id), 1, "{id}");
+    }
+}
