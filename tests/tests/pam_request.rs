@@ -291,3 +291,41 @@ fn account_phase_requests_for_nopasswd_agents() {
     assert_eq!(code(&out, "acct"), PERM_DENIED, "{out}");
     assert_eq!(p.last()["step"], "request");
 }
+
+/// su in request mode: `su - -c STRING root` asks for a grant for exactly
+/// that string as root (service su-l).
+#[test]
+fn su_login_requests_the_dash_c_string() {
+    let Some(p) = setup("pamreq-su", true) else {
+        return;
+    };
+    let t = AUTH_REQUEST
+        .replace("{so}", &p.module)
+        .replace("{cfg}", &p.sb.config_path().to_string_lossy());
+    p.sb.write_file("pam.d/su-l", t.as_bytes(), 0, 0, 0o644);
+    let su = p.sb.install_setuid(&artefact("pam-driver"), "bin/su");
+    let run = || {
+        Run::new(&su)
+            .arg0("su")
+            .args(["-", "-c", "id -u", "root"])
+            .env("PAMD_SERVICE", "su-l")
+            .env("PAMD_CONFDIR", p.sb.path("pam.d"))
+            .env("PAMD_USER", "root")
+            .env("PAMD_RUSER", TEST_USER)
+            .config_ns(p.sb.config_ns())
+            .as_test_user()
+            .timeout(Duration::from_secs(60))
+            .output()
+    };
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(run);
+        let id = p.idp.wait_for_pending(Duration::from_secs(20)).unwrap();
+        assert!(p.idp.approve(&id, harness::APPROVER));
+        h.join().unwrap()
+    });
+    assert_eq!(code(&out, "auth"), SUCCESS, "{out}");
+    let l = p.last();
+    assert_eq!(l["event"], "grant_run");
+    assert_eq!(l["command"], serde_json::json!(["id -u"]));
+    assert_eq!(l["via"], "pam:su-l");
+}

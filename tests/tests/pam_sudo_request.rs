@@ -221,3 +221,86 @@ fn two_waits_at_once_each_run_only_their_own_command() {
         assert_eq!(s.idp.consume_count(&id), 1, "{id}");
     }
 }
+
+/// Ctrl-C at a real terminal while sudo waits: sudo ends, the request
+/// child sees its parent gone and cancels the request at the IdP, nothing
+/// runs. Driven through tmux.
+#[test]
+fn ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing() {
+    let Some(s) = setup("sudoreq-ctrlc", SUDO_REQUEST, false) else {
+        return;
+    };
+    if !std::path::Path::new("/usr/bin/tmux").exists() {
+        eprintln!("skipped: tmux is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let sb = &s.ps.sb;
+    let inner = format!(
+        "mount --bind {pamd} /etc/pam.d && mount --bind {sudoers} /etc/sudoers && mount --bind {sd} /etc/sudoers.d && mount --bind {run} /run/sudo && exec setpriv --reuid={u} --regid={u} --init-groups -- /bin/sh",
+        pamd = sb.path("etc/pam.d").display(),
+        sudoers = sb.path("etc/sudoers").display(),
+        sd = sb.path("etc/sudoers.d").display(),
+        run = sb.path("run-sudo").display(),
+        u = TEST_USER
+    );
+    let session = format!("openape-sudoreq-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        openape_tests::harness::Run::new("/usr/bin/tmux")
+            .args(args)
+            .output()
+    };
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "40",
+        &format!("{} /bin/sh -c \"{inner}\"", sb.config_ns_shell()),
+    ]);
+    assert_eq!(started.code, 0, "{started}");
+    let screen = || tmux(&["capture-pane", "-p", "-t", &session]).stdout;
+    let wait_for = |needle: &str| {
+        for _ in 0..200 {
+            if screen().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    };
+    let marker = s.ps.out_path("ran");
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        &format!("sudo touch {}", marker.display()),
+        "Enter",
+    ]);
+    let shown = wait_for("Approve at:");
+    let id = s.idp.wait_for_pending(Duration::from_secs(5));
+    tmux(&["send-keys", "-t", &session, "C-c"]);
+    let mut cancelled = false;
+    if let Some(id) = &id {
+        for _ in 0..100 {
+            if s.idp.grant_state(id).is_some_and(|(st, _)| st == "denied") {
+                cancelled = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let text = screen();
+    let _ = tmux(&["kill-session", "-t", &session]);
+    assert!(shown, "no approval link on the terminal:\n{text}");
+    let id = id.expect("a pending grant");
+    assert!(cancelled, "the request was not cancelled at the IdP:\n{text}");
+    assert_eq!(s.idp.grant_state(&id).unwrap().1.as_deref(), Some(AGENT));
+    // Approving it now changes nothing: it is cancelled, and nothing ran.
+    assert!(!s.idp.approve(&id, harness::APPROVER));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists());
+    assert!(!s.events().iter().any(|e| e == "grant_run"), "{:?}", s.events());
+}

@@ -1,6 +1,6 @@
-//! The only `unsafe` of this crate: libpam calls that pam-bindings does not
-//! wrap (`pam_getenv`, `pam_syslog`) and typed access to our own
-//! `pam_set_data` slot.
+//! The only `unsafe` of the PAM hooks: libpam calls that pam-bindings does
+//! not wrap (`pam_getenv`, `pam_syslog`), typed access to our own
+//! `pam_set_data` slot, and a look at the host's pending signals.
 
 #![allow(unsafe_code)]
 
@@ -66,4 +66,23 @@ pub fn get_state(pamh: &PamHandle) -> Option<&super::HandleState> {
 /// only drops memory: no I/O, no logging).
 pub fn put_state(pamh: &mut PamHandle, state: super::HandleState) -> bool {
     pamh.set_data(STATE_KEY, Box::new(state)).is_ok()
+}
+
+/// An interrupt the host has blocked and that is now pending: sudo blocks
+/// SIGINT and SIGQUIT while it authenticates, so a Ctrl-C during a request
+/// wait only shows up here (it is delivered once sudo unblocks it, after
+/// the hook returns). Only looks; never changes the host's signal state.
+pub fn pending_interrupt() -> Option<c_int> {
+    // SAFETY: sigemptyset and sigpending write into a local sigset_t;
+    // sigismember reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigpending(&mut set) != 0 {
+            return None;
+        }
+        [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP]
+            .into_iter()
+            .find(|&sig| libc::sigismember(&set, sig) == 1)
+    }
 }

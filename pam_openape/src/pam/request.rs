@@ -120,7 +120,25 @@ pub fn grant(pamh: &mut PamHandle, args: &Args, service: &str, flags: PamFlag) -
     let started = Instant::now();
     let mut requester: Option<String> = None;
     let mut grant_id: Option<String> = None;
+    let mut stopping: Option<(i32, Instant)> = None;
     let failed = loop {
+        if stopping.is_none()
+            && let Some(sig) = ffi::pending_interrupt()
+        {
+            // Ctrl-C at the sudo prompt: cancel at the IdP, then refuse.
+            child.cancel();
+            stopping = Some((sig, Instant::now()));
+        }
+        if let Some((sig, since)) = stopping
+            && since.elapsed() > cfg.http_timeout + Duration::from_secs(1)
+        {
+            child.finish(Duration::ZERO);
+            break Denial::new(
+                Step::Request,
+                Kind::Interrupted(sig),
+                "interrupted; the request could not be cancelled at the IdP",
+            );
+        }
         if started.elapsed() > limit {
             child.finish(Duration::ZERO);
             break Denial::refused(
@@ -177,11 +195,19 @@ pub fn grant(pamh: &mut PamHandle, args: &Args, service: &str, flags: PamFlag) -
             }
             Event::Cancelled(ok) => {
                 child.finish(Duration::from_millis(500));
-                break Denial::new(
-                    Step::Request,
-                    Kind::Refused,
-                    if ok { "request cancelled" } else { "request could not be cancelled" },
-                );
+                let what = if ok {
+                    "request cancelled at the IdP"
+                } else {
+                    "request could not be cancelled at the IdP"
+                };
+                break match stopping {
+                    Some((sig, _)) => Denial::new(
+                        Step::Request,
+                        Kind::Interrupted(sig),
+                        format!("interrupted; {what}; nothing ran"),
+                    ),
+                    None => Denial::refused(Step::Request, what),
+                };
             }
             Event::Failed(d) => {
                 child.finish(Duration::from_millis(500));
