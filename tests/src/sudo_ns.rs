@@ -293,3 +293,36 @@ impl PamSandbox {
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
+
+/// A shipped file from the repository's pam.d/, with the module given by
+/// absolute path and the sandbox config (the only edits an admin who
+/// installed the module elsewhere would make).
+pub fn shipped(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pam.d")
+        .join(name);
+    fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("pam_openape.so", "@SO@ config=@CFG@")
+}
+
+/// Copy the machine's Debian `common-*` stacks into the private pam.d so
+/// the shipped files' `@include` lines resolve. `false`: not Debian-like.
+pub fn with_common_stacks(ps: &PamSandbox) -> bool {
+    for name in [
+        "common-auth",
+        "common-account",
+        "common-session",
+        "common-session-noninteractive",
+        "common-password",
+    ] {
+        match fs::read_to_string(format!("/etc/pam.d/{name}")) {
+            Ok(text) => ps.write_pam(name, &text),
+            Err(_) => {
+                eprintln!("skipped: /etc/pam.d/{name} missing (not a Debian-style PAM layout)");
+                return false;
+            }
+        }
+    }
+    true
+}

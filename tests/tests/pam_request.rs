@@ -101,8 +101,7 @@ impl P {
         let t = text
             .replace("{so}", &self.module)
             .replace("{cfg}", &self.sb.config_path().to_string_lossy());
-        self.sb
-            .write_file("pam.d/sudo", t.as_bytes(), 0, 0, 0o644);
+        self.sb.write_file("pam.d/sudo", t.as_bytes(), 0, 0, 0o644);
     }
 
     /// `sudo ARGS` through the setuid driver, as the test user.
@@ -170,8 +169,10 @@ fn approved_request_authenticates_that_argv_once() {
     // The URL reached the user through the conversation (PAM_TEXT_INFO = 4).
     let id = p.idp.grant_ids().pop().unwrap();
     assert!(
-        out.stdout
-            .contains(&format!("msg=4:Approve at: {}/grant-approval?grant_id={id}", p.idp.issuer())),
+        out.stdout.contains(&format!(
+            "msg=4:Approve at: {}/grant-approval?grant_id={id}",
+            p.idp.issuer()
+        )),
         "{out}"
     );
     assert_eq!(p.events(), ["grant_requested", "grant_run"]);
@@ -183,7 +184,10 @@ fn approved_request_authenticates_that_argv_once() {
     assert_eq!(p.idp.consume_count(&id), 1);
     // The request named exactly sudo's command and target.
     let reqs = p.idp.requests();
-    assert!(reqs.iter().any(|r| r.1.starts_with("/api/grants")), "{reqs:?}");
+    assert!(
+        reqs.iter().any(|r| r.1.starts_with("/api/grants")),
+        "{reqs:?}"
+    );
 }
 
 #[test]
@@ -197,7 +201,11 @@ fn denied_request_and_the_deadline_refuse_and_cancel() {
     });
     assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
     let l = p.last();
-    assert_eq!((l["event"].as_str(), l["step"].as_str()), (Some("denied"), Some("request")), "{l}");
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("request")),
+        "{l}"
+    );
 
     // Deadline: nobody decides; the request is cancelled by its requester.
     p.stack(&AUTH_REQUEST.replace("request\n", "request request_timeout=2\n"));

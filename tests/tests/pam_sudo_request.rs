@@ -11,7 +11,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use openape_tests::harness::{self, Output, TEST_USER, set_owner_mode, test_user};
 use openape_tests::idp::TestIdp;
-use openape_tests::sudo_ns::{PamSandbox, require_root};
+use openape_tests::sudo_ns::{PamSandbox, require_root, shipped, with_common_stacks};
 use pam_openape::request::keys;
 
 const AGENT: &str = "agent@example.com";
@@ -125,7 +125,10 @@ fn sudo_shows_the_link_waits_and_runs_the_approved_command() {
     let id = s.idp.grant_ids().pop().unwrap();
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(
-        all.contains(&format!("Approve at: {}/grant-approval?grant_id={id}", s.idp.issuer())),
+        all.contains(&format!(
+            "Approve at: {}/grant-approval?grant_id={id}",
+            s.idp.issuer()
+        )),
         "the link must reach the user (sudo passes PAM_SILENT): {out}"
     );
     assert_eq!(s.events(), ["grant_requested", "grant_run"]);
@@ -208,13 +211,17 @@ fn two_waits_at_once_each_run_only_their_own_command() {
     assert_eq!(out_a.code, 0, "{out_a}");
     assert_eq!(out_b.code, 0, "{out_b}");
     assert!(a.exists() && b.exists());
-    let runs: Vec<(String, serde_json::Value)> = s
-        .ps
-        .audit()
-        .into_iter()
-        .filter(|l| l["event"] == "grant_run")
-        .map(|l| (l["grant_id"].as_str().unwrap().to_string(), l["command"].clone()))
-        .collect();
+    let runs: Vec<(String, serde_json::Value)> =
+        s.ps.audit()
+            .into_iter()
+            .filter(|l| l["event"] == "grant_run")
+            .map(|l| {
+                (
+                    l["grant_id"].as_str().unwrap().to_string(),
+                    l["command"].clone(),
+                )
+            })
+            .collect();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_ne!(runs[0].0, runs[1].0);
     for id in s.idp.grant_ids() {
@@ -296,11 +303,58 @@ fn ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing() {
     let _ = tmux(&["kill-session", "-t", &session]);
     assert!(shown, "no approval link on the terminal:\n{text}");
     let id = id.expect("a pending grant");
-    assert!(cancelled, "the request was not cancelled at the IdP:\n{text}");
+    assert!(
+        cancelled,
+        "the request was not cancelled at the IdP:\n{text}"
+    );
     assert_eq!(s.idp.grant_state(&id).unwrap().1.as_deref(), Some(AGENT));
     // Approving it now changes nothing: it is cancelled, and nothing ran.
     assert!(!s.idp.approve(&id, harness::APPROVER));
     std::thread::sleep(Duration::from_millis(300));
     assert!(!marker.exists());
-    assert!(!s.events().iter().any(|e| e == "grant_run"), "{:?}", s.events());
+    assert!(
+        !s.events().iter().any(|e| e == "grant_run"),
+        "{:?}",
+        s.events()
+    );
+}
+
+/// The shipped files, verbatim: pam.d/sudo.request with the sudoers
+/// drop-in (people), pam.d/sudo.agent with a NOPASSWD rule (agents).
+#[test]
+fn shipped_request_and_agent_stacks_work_verbatim() {
+    let Some(s) = setup("sudoreq-shipped", SUDO_REQUEST, false) else {
+        return;
+    };
+    if !with_common_stacks(&s.ps) {
+        return;
+    }
+    let dropin = shipped("sudoers.openape");
+    s.ps.write_pam("sudo", &shipped("sudo.request"));
+    s.ps.write_sudoers(&format!("{dropin}\n{TEST_USER} ALL=(ALL:ALL) ALL\n"));
+    let out = s.run_and_decide(&["sudo", "id", "-u"], |id| {
+        assert!(s.idp.approve(id, harness::APPROVER));
+    });
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.lines().any(|l| l == "0"), "{out}");
+
+    s.ps.write_pam("sudo", &shipped("sudo.agent"));
+    s.ps.write_sudoers(&format!(
+        "{dropin}\n{TEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    ));
+    let out = s.run_and_decide(&["sudo", "-n", "id", "-g"], |id| {
+        assert!(s.idp.approve(id, harness::APPROVER));
+    });
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.lines().any(|l| l == "0"), "{out}");
+    // Without a grant (the request is denied) nothing runs.
+    let marker = s.ps.out_path("agent-denied");
+    let m = marker.to_string_lossy().into_owned();
+    let out = s.run_and_decide(&["sudo", "-n", "touch", &m], |id| {
+        assert!(s.idp.deny(id, harness::APPROVER));
+    });
+    assert_ne!(out.code, 0, "{out}");
+    assert!(!marker.exists());
+    let runs = s.events().iter().filter(|e| *e == "grant_run").count();
+    assert_eq!(runs, 2);
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use openape_tests::harness::{Output, TEST_USER};
 use openape_tests::idp::{Fault, GrantSpec, TestIdp};
-use openape_tests::sudo_ns::{PamSandbox, require_root};
+use openape_tests::sudo_ns::{PamSandbox, require_root, shipped, with_common_stacks};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -742,39 +742,6 @@ fn env_grant_reaches_the_module_without_env_keep() {
 // ---------------------------------------------------------------------------
 // The files the project ships (pam.d/), used verbatim
 // ---------------------------------------------------------------------------
-
-/// A shipped file from the repository's pam.d/, with the module given by
-/// absolute path and the sandbox config (the only edits an admin who
-/// installed the module elsewhere would make).
-fn shipped(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../pam.d")
-        .join(name);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .replace("pam_openape.so", "@SO@ config=@CFG@")
-}
-
-/// Copy the machine's Debian `common-*` stacks into the private pam.d so
-/// the shipped files' `@include` lines resolve. `false`: not Debian-like.
-fn with_common_stacks(ps: &PamSandbox) -> bool {
-    for name in [
-        "common-auth",
-        "common-account",
-        "common-session",
-        "common-session-noninteractive",
-        "common-password",
-    ] {
-        match std::fs::read_to_string(format!("/etc/pam.d/{name}")) {
-            Ok(text) => ps.write_pam(name, &text),
-            Err(_) => {
-                eprintln!("skipped: /etc/pam.d/{name} missing (not a Debian-style PAM layout)");
-                return false;
-            }
-        }
-    }
-    true
-}
 
 #[test]
 fn shipped_grant_only_stack_and_sudoers_drop_in_work_verbatim() {

@@ -67,8 +67,12 @@ pub fn grant(pamh: &mut PamHandle, args: &Args, service: &str, flags: PamFlag) -
         let user = nix::unistd::User::from_uid(uid)
             .ok()
             .flatten()
-            .ok_or_else(|| Denial::refused(Step::Caller, format!("uid {uid} has no passwd entry")))?;
-        let wait = Duration::from_secs(u64::from(args.request_timeout.unwrap_or(cfg.request.timeout)));
+            .ok_or_else(|| {
+                Denial::refused(Step::Caller, format!("uid {uid} has no passwd entry"))
+            })?;
+        let wait = Duration::from_secs(u64::from(
+            args.request_timeout.unwrap_or(cfg.request.timeout),
+        ));
         let params = Params {
             hints: Hints {
                 home: user.dir.clone(),
@@ -143,7 +147,10 @@ pub fn grant(pamh: &mut PamHandle, args: &Args, service: &str, flags: PamFlag) -
             child.finish(Duration::ZERO);
             break Denial::refused(
                 Step::Request,
-                format!("no decision within {} s; the request helper was stopped", wait.as_secs()),
+                format!(
+                    "no decision within {} s; the request helper was stopped",
+                    wait.as_secs()
+                ),
             );
         }
         let event = match child.next(Duration::from_millis(250)) {
@@ -176,7 +183,10 @@ pub fn grant(pamh: &mut PamHandle, args: &Args, service: &str, flags: PamFlag) -
                 ffi::syslog(
                     pamh,
                     libc::LOG_NOTICE,
-                    &format!("grant {id} requested for {:?} as {:?}", rec.command, rec.run_as),
+                    &format!(
+                        "grant {id} requested for {:?} as {:?}",
+                        rec.command, rec.run_as
+                    ),
                 );
                 tell(pamh, PAM_TEXT_INFO, &format!("Approve at: {url}"));
                 tell(
