@@ -27,7 +27,7 @@ LOGROTATE=/etc/logrotate.d/openape
 LOGDIR=/var/log/openape
 CACHEDIR=/var/cache/openape
 MANPAGES="man8/escapes.8 man8/pam_openape.8 man5/openape.toml.5"
-EXAMPLES="sudo.grant-or-password sudo.grant-only su.grant-or-password sudoers.openape pam-auth-update.openape"
+EXAMPLES="sudo.grant-or-password sudo.grant-only su.grant-or-password sudo.request sudo.agent su.request sudoers.openape pam-auth-update.openape"
 
 say() { echo "openape: $*"; }
 die() { echo "openape: $*" >&2; exit 1; }

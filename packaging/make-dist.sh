@@ -19,6 +19,7 @@ install -m 0644 packaging/man/escapes.8 packaging/man/pam_openape.8 packaging/ma
 install -m 0644 packaging/tmpfiles.d/openape.conf "$top/packaging/tmpfiles.d/"
 install -m 0644 packaging/logrotate/openape "$top/packaging/logrotate/"
 install -m 0644 pam.d/sudo.grant-or-password pam.d/sudo.grant-only pam.d/su.grant-or-password \
+	pam.d/sudo.request pam.d/sudo.agent pam.d/su.request \
 	pam.d/sudoers.openape pam.d/pam-auth-update.openape "$top/pam.d/"
 install -m 0644 README.md LICENSE "$top/"
 mkdir -p "$out"

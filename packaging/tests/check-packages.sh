@@ -92,6 +92,9 @@ eq "deb: exact file list with owners and modes (escapes -rwsr-xr-x 0/0)" "$(LC_A
 -rw-r--r-- 0/0 ./usr/share/doc/openape-escapes/examples/sudo.grant-or-password
 -rw-r--r-- 0/0 ./usr/share/doc/openape-escapes/examples/sudo.grant-only
 -rw-r--r-- 0/0 ./usr/share/doc/openape-escapes/examples/su.grant-or-password
+-rw-r--r-- 0/0 ./usr/share/doc/openape-escapes/examples/su.request
+-rw-r--r-- 0/0 ./usr/share/doc/openape-escapes/examples/sudo.request
+-rw-r--r-- 0/0 ./usr/share/doc/openape-escapes/examples/sudo.agent
 -rw-r--r-- 0/0 ./usr/share/doc/openape-escapes/examples/sudoers.openape
 -rw-r--r-- 0/0 ./usr/share/doc/openape-escapes/examples/pam-auth-update.openape
 -rw-r--r-- 0/0 ./usr/share/lintian/overrides/openape-escapes
@@ -292,6 +295,9 @@ eq "rpm: exact file list with owners and modes (escapes -rwsr-xr-x root)" "$(LC_
 -rw-r--r-- root:root /usr/share/doc/openape-escapes/examples/sudo.grant-or-password
 -rw-r--r-- root:root /usr/share/doc/openape-escapes/examples/sudo.grant-only
 -rw-r--r-- root:root /usr/share/doc/openape-escapes/examples/su.grant-or-password
+-rw-r--r-- root:root /usr/share/doc/openape-escapes/examples/su.request
+-rw-r--r-- root:root /usr/share/doc/openape-escapes/examples/sudo.request
+-rw-r--r-- root:root /usr/share/doc/openape-escapes/examples/sudo.agent
 -rw-r--r-- root:root /usr/share/doc/openape-escapes/examples/sudoers.openape
 EOF
 )" "$rl"
