@@ -337,3 +337,25 @@ fn su_login_requests_the_dash_c_string() {
     assert_eq!(l["command"], serde_json::json!(["id -u"]));
     assert_eq!(l["via"], "pam:su-l");
 }
+
+/// An IdP that never answers cannot hang the login: the module gives up
+/// within its bound (the wait plus a few HTTP deadlines) and refuses.
+#[test]
+fn an_idp_that_never_answers_is_bounded() {
+    let Some(p) = setup("pamreq-hang", true) else {
+        return;
+    };
+    p.stack(&AUTH_REQUEST.replace("request\n", "request request_timeout=2\n"));
+    p.idp
+        .set_fault_for("/api/agent/", openape_tests::idp::Fault::Hang);
+    let start = std::time::Instant::now();
+    let out = p.drive(&["id", "-u"], "auth");
+    assert_ne!(code(&out, "auth"), SUCCESS, "{out}");
+    // [http] timeout is 2 s in the test config: 2 s wait + 5 × 2 s + 2 s.
+    assert!(
+        start.elapsed() < Duration::from_secs(16),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!p.events().iter().any(|e| e == "grant_run"));
+}
