@@ -33,7 +33,7 @@ fn main() {
     std::fs::create_dir_all(base.join("cache")).unwrap();
     let idp = TestIdp::start();
     let text = format!(
-        "host = \"benchhost\"\naudit_log = \"{0}/audit.log\"\n[security]\nallowed_issuers = [\"{1}\"]\nallowed_approvers = [\"alice@example.com\"]\n[cache]\ndir = \"{0}/cache\"\n",
+        "host = \"benchhost\"\naudit_log = \"{0}/audit.log\"\n[security]\nallowed_issuers = [\"{1}\"]\nallowed_approvers = [\"alice@example.com\"]\nallow_unprivileged_loopback = true\n[cache]\ndir = \"{0}/cache\"\n",
         base.display(),
         idp.issuer()
     );

@@ -43,21 +43,20 @@ fn random_u32() -> u32 {
 
 /// An enrolled key for the test user in `home` (PKCS#8 + .pub), known to
 /// `idp`.
-fn install_key(idp: &TestIdp, home: &std::path::Path, user: &openape_tests::harness::TestUser) {
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut seed)
-        .unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+fn install_key(
+    idp: &TestIdp,
+    home: &std::path::Path,
+    user: &openape_tests::harness::TestUser,
+    key: &ed25519_dalek::SigningKey,
+) {
     let ssh = home.join(".ssh");
     std::fs::create_dir(&ssh).unwrap();
     set_owner_mode(&ssh, user.uid, user.gid, 0o700);
     for (name, text, mode) in [
-        ("id_ed25519", keys::pkcs8_pem(&key), 0o600),
+        ("id_ed25519", keys::pkcs8_pem(key), 0o600),
         (
             "id_ed25519.pub",
-            keys::ssh_public_line(&key, Some(AGENT)),
+            keys::ssh_public_line(key, Some(AGENT)),
             0o644,
         ),
     ] {
@@ -115,7 +114,13 @@ fn main() {
     let mut cfg = sb.config(&idp.issuer());
     cfg.tail = "[request]\ntimeout = 120\n".into();
     sb.write_config(&cfg.render());
-    install_key(&idp, &home, user);
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut seed)
+        .unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    install_key(&idp, &home, user, &key);
 
     // Approval-to-exec latency: escapes, then real sudo with `request`.
     let lat: Vec<f64> = (0..RUNS)
@@ -135,7 +140,7 @@ fn main() {
     let mut scfg = ps.sb.config(&idp.issuer());
     scfg.tail = "[request]\ntimeout = 120\n".into();
     ps.sb.write_config(&scfg.render());
-    install_key(&idp, &sudo_home, user);
+    install_key(&idp, &sudo_home, user, &key);
     ps.write_pam(
         "sudo",
         "auth sufficient @SO@ config=@CFG@ request nonint\nauth required pam_deny.so\naccount required @SO@ config=@CFG@ grant_only\nsession required pam_permit.so\n",
