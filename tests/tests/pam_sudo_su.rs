@@ -183,6 +183,11 @@ against_both_sudos!(
     env_grant_reaches_the_module_without_env_keep,
     shipped_grant_only_stack_and_sudoers_drop_in_work_verbatim,
     shipped_grant_or_password_stack_accepts_a_grant_and_otherwise_asks_for_the_password,
+    sudo_in_the_namespace_is_the_expected_implementation,
+    sudo_user_forms_name_the_same_target,
+    sudo_commands_that_switch_sudo_modes_are_refused,
+    refusal_messages_reach_the_user_only_without_pam_silent,
+    sudo_n_never_asks_the_auth_stack,
 );
 
 /// Debian's `su-l` stack: everything from `su`.
@@ -835,4 +840,172 @@ fn shipped_su_stack_accepts_a_grant_for_the_dash_c_string() {
     );
     assert_ran(&out, "0\n");
     assert_grant_run(&ps, "pam:su-l", &["id -u"]);
+}
+
+// ---------------------------------------------------------------------------
+// The two implementations: which one runs, and where they differ
+// ---------------------------------------------------------------------------
+
+/// The namespace runs the implementation the test names, and the sudoers
+/// of the scenarios parse without a diagnostic under both (sudo-rs knows
+/// fewer Defaults than sudo 1.9 and prints every unknown one).
+fn sudo_in_the_namespace_is_the_expected_implementation(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-which", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let out = ps.run(&["sudo", "-V"], &[], None);
+    assert_eq!(out.code, 0, "{}: {out}", imp.label());
+    let first = out.stdout.lines().next().unwrap_or_default().to_string();
+    match imp {
+        SudoImpl::Ogsudo => assert!(first.starts_with("Sudo version 1.9"), "{out}"),
+        SudoImpl::SudoRs => assert_eq!(
+            first,
+            format!("sudo-rs {}", openape_tests::sudo_ns::SUDO_RS_VERSION.trim()),
+            "{out}"
+        ),
+    }
+    for sudoers_text in [shipped_sudoers(), sudoers(false, true)] {
+        ps.write_sudoers(&sudoers_text);
+        let out = ps.run(&["sudo", "-n", "true"], &[], None);
+        assert_eq!(out.code, 0, "{}: {out}", imp.label());
+        assert_eq!(out.stderr, "", "{}: {out}", imp.label());
+    }
+    ps.write_sudoers(&format!(
+        "{}\n{TEST_USER} ALL=(ALL:ALL) NOPASSWD: /usr/bin/true\n",
+        shipped("sudoers.openape")
+    ));
+    let out = ps.run(&["sudo", "-n", "true"], &[], None);
+    assert_eq!(out.code, 0, "{}: {out}", imp.label());
+    assert_eq!(out.stderr, "", "{}: {out}", imp.label());
+}
+
+/// The `-u` forms the module accepts name the same target under both
+/// implementations: the command runs as that user, and the audit line
+/// says so.
+fn sudo_user_forms_name_the_same_target(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-user-forms", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let nobody_uid = uid_of("nobody");
+    for form in [
+        &["sudo", "-u", "nobody", "id", "-u"][..],
+        &["sudo", "-unobody", "id", "-u"],
+        &["sudo", "-Su", "nobody", "id", "-u"],
+        &["sudo", "--user=nobody", "id", "-u"],
+        &["sudo", "--user", "nobody", "--", "id", "-u"],
+    ] {
+        let mut spec = GrantSpec::new("testhost", &["id", "-u"]);
+        spec.run_as = Some("nobody".to_string());
+        let g = idp.issue(&spec);
+        let out = ps.run(form, &with_grant(&g.jwt), None);
+        assert_eq!(out.code, 0, "{} {form:?}: {out}", imp.label());
+        assert_eq!(out.stdout, nobody_uid, "{} {form:?}: {out}", imp.label());
+        let l = ps.last_audit();
+        assert_eq!(l["event"], "grant_run", "{} {form:?}: {l}", imp.label());
+        assert_eq!(l["run_as"], "nobody", "{} {form:?}: {l}", imp.label());
+        assert_eq!(
+            l["command"],
+            json!(["id", "-u"]),
+            "{} {form:?}: {l}",
+            imp.label()
+        );
+        assert_eq!(idp.consume_count(&g.grant_id), 1);
+    }
+}
+
+/// The uid of `user` in the passwd database.
+fn uid_of(user: &str) -> String {
+    let out = std::process::Command::new("/usr/bin/id")
+        .args(["-u", user])
+        .output()
+        .unwrap_or_else(|e| panic!("id -u {user}: {e}"));
+    assert!(out.status.success(), "id -u {user}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Command lines whose first word makes sudo do something other than run
+/// that word: sudo-rs skips a lone `-` (`sudo - id -u` runs `id -u`), and
+/// both switch to edit mode for `sudo sudoedit FILE`. A grant naming those
+/// words exactly is refused before it is consumed.
+fn sudo_commands_that_switch_sudo_modes_are_refused(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-modes", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["-", "id", "-u"]);
+    let out = ps.run(&["sudo", "-", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    let l = assert_denied(&ps, "pam:sudo", "command");
+    assert!(
+        l["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("starting with -"),
+        "{}: {l}",
+        imp.label()
+    );
+    assert_eq!(idp.consume_count(&g.grant_id), 0, "{}", imp.label());
+    let g = grant(&idp, &["sudoedit", "/etc/hostname"]);
+    let env = [
+        ("OPENAPE_GRANT", g.jwt.as_str()),
+        ("EDITOR", "/usr/bin/true"),
+        ("SUDO_EDITOR", "/usr/bin/true"),
+    ];
+    let out = ps.run(&["sudo", "sudoedit", "/etc/hostname"], &env, None);
+    assert_ne!(out.code, 0, "{}: {out}", imp.label());
+    let l = assert_denied(&ps, "pam:sudo", "command");
+    assert_eq!(
+        l["reason"],
+        "sudoedit is not allowed with grants",
+        "{}: {l}",
+        imp.label()
+    );
+    assert_eq!(idp.consume_count(&g.grant_id), 0, "{}", imp.label());
+    assert_eq!(count(&ps, "grant_run"), 0);
+}
+
+/// PAM_SILENT: sudo 1.9 passes it to every PAM call, so the module's
+/// PAM_ERROR_MSG never reaches the user; sudo-rs passes it when running a
+/// command but not for `-s`/`-i`, where the message shows (as `[sudo
+/// error] OpenApe: ...`; with `-S` on stderr, otherwise on the terminal).
+fn refusal_messages_reach_the_user_only_without_pam_silent(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-silent", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    ps.write_pam("sudo-i", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "-S", "id", "-g"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    assert!(!out.stderr.contains("OpenApe:"), "{}: {out}", imp.label());
+    for argv in [&["sudo", "-S", "-s", "id"][..], &["sudo", "-S", "-i", "id"]] {
+        let out = ps.run(argv, &with_grant(&g.jwt), None);
+        assert_refused(&out);
+        let shown = out.stderr.contains("OpenApe: sudo option -");
+        match imp {
+            SudoImpl::Ogsudo => assert!(!shown, "{argv:?}: {out}"),
+            SudoImpl::SudoRs => assert!(shown, "{argv:?}: {out}"),
+        }
+    }
+    assert_eq!(count(&ps, "grant_run"), 0);
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+/// `sudo -n` when the rule needs authentication: neither implementation
+/// calls pam_authenticate, so a grant in the environment is never looked
+/// at. With `Defaults noninteractive_auth` (sudo 1.9.13 here, sudo-rs) both
+/// do, and a grant in the environment works with `-n`; without it agents
+/// use a NOPASSWD rule and the module in the account phase.
+fn sudo_n_never_asks_the_auth_stack(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-n", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "-n", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    assert!(ps.audit().is_empty(), "{}: {:?}", imp.label(), ps.audit());
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+    // With noninteractive_auth both run the auth stack under -n, and the
+    // grant from the environment (no prompt: `nonint`) is enough.
+    ps.write_sudoers(&format!(
+        "{}Defaults noninteractive_auth\n",
+        shipped_sudoers()
+    ));
+    let out = ps.run(&["sudo", "-n", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_ran(&out, "0\n");
+    assert_grant_run(&ps, "pam:sudo", &["id", "-u"]);
+    assert_eq!(idp.consume_count(&g.grant_id), 1);
 }
