@@ -56,7 +56,7 @@ unavailable() {
   exit 0
 }
 
-echo "sudo-rs $version: building with cargo install --locked (about a minute on 2 cores)"
+echo "sudo-rs $version: building with cargo install --locked (about half a minute on 2 cores)"
 start=$SECONDS
 if ! env -u CARGO_TARGET_DIR -u CARGO_BUILD_TARGET_DIR \
     "$CARGO" install --locked --force --version "$version" sudo-rs --root "$dir/build" \
