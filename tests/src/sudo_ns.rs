@@ -114,6 +114,33 @@ impl SudoImpl {
     }
 }
 
+/// Each sudo scenario is a `fn(SudoImpl)`; this makes two tests of it in a
+/// module named after it, `<scenario>::ogsudo` (Debian's sudo 1.9) and
+/// `<scenario>::sudo_rs` (sudo-rs; skipped with the reason when it could
+/// not be built, a failure under CI). Both need root.
+#[macro_export]
+macro_rules! against_both_sudos {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use $crate::sudo_ns::{SudoImpl, require_root, require_sudo};
+
+            #[test]
+            fn ogsudo() {
+                if require_root() && require_sudo(SudoImpl::Ogsudo) {
+                    super::$scenario(SudoImpl::Ogsudo);
+                }
+            }
+
+            #[test]
+            fn sudo_rs() {
+                if require_root() && require_sudo(SudoImpl::SudoRs) {
+                    super::$scenario(SudoImpl::SudoRs);
+                }
+            }
+        }
+    )*};
+}
+
 /// The private setuid sudo-rs binary, or why there is none.
 pub fn sudo_rs_binary() -> Result<PathBuf, String> {
     let version = SUDO_RS_VERSION.trim();
@@ -372,37 +399,10 @@ impl PamSandbox {
             self.sb.path("etc/sudoers").is_file(),
             "write_sudoers() first"
         );
-        let q = |p: PathBuf| shell_quote(&p.to_string_lossy());
-        let sudo_rs = match self.sudo {
-            SudoImpl::Ogsudo => String::new(),
-            SudoImpl::SudoRs => {
-                let bin = sudo_rs_binary().unwrap_or_else(|e| panic!("sudo-rs: {e}"));
-                assert!(
-                    Path::new("/usr/bin/sudo").is_file(),
-                    "/usr/bin/sudo is needed as the mount point for sudo-rs"
-                );
-                format!(
-                    "mount --bind {bin} /usr/bin/sudo\n\
-                     mount --bind {run} /run/sudo-rs\n\
-                     if [ -e /etc/sudoers-rs ]; then mount --bind {sudoers} /etc/sudoers-rs; fi\n",
-                    bin = q(bin),
-                    run = q(self.sb.path(self.sudo.run_dir())),
-                    sudoers = q(self.sb.path("etc/sudoers")),
-                )
-            }
-        };
         let script = format!(
-            "set -e\n\
-             mount --bind {pamd} /etc/pam.d\n\
-             mount --bind {sudoers} /etc/sudoers\n\
-             mount --bind {sudoersd} /etc/sudoers.d\n\
-             mount --bind {run} /run/sudo\n\
-             {sudo_rs}\
+            "set -e\n{mounts}\
              exec /usr/bin/setpriv --reuid={u} --regid={u} --init-groups --reset-env -- /usr/bin/env \"$@\"\n",
-            pamd = q(self.sb.path("etc/pam.d")),
-            sudoers = q(self.sb.path("etc/sudoers")),
-            sudoersd = q(self.sb.path("etc/sudoers.d")),
-            run = q(self.sb.path("run-sudo")),
+            mounts = self.mounts(),
             u = TEST_USER,
         );
         let mut r = Run::new("/usr/bin/unshare")
@@ -431,6 +431,39 @@ impl PamSandbox {
         let out = r.output();
         self.guard.check();
         out
+    }
+
+    /// The shell commands (one a line) that mount the sandbox's PAM
+    /// stacks, sudoers and timestamp directory, and for sudo-rs its binary
+    /// over `/usr/bin/sudo`, inside a fresh mount namespace.
+    pub fn mounts(&self) -> String {
+        let q = |p: PathBuf| shell_quote(&p.to_string_lossy());
+        let mut lines = format!(
+            "mount --bind {pamd} /etc/pam.d\n\
+             mount --bind {sudoers} /etc/sudoers\n\
+             mount --bind {sudoersd} /etc/sudoers.d\n\
+             mount --bind {run} /run/sudo\n",
+            pamd = q(self.sb.path("etc/pam.d")),
+            sudoers = q(self.sb.path("etc/sudoers")),
+            sudoersd = q(self.sb.path("etc/sudoers.d")),
+            run = q(self.sb.path("run-sudo")),
+        );
+        if self.sudo == SudoImpl::SudoRs {
+            let bin = sudo_rs_binary().unwrap_or_else(|e| panic!("sudo-rs: {e}"));
+            assert!(
+                Path::new("/usr/bin/sudo").is_file(),
+                "/usr/bin/sudo is needed as the mount point for sudo-rs"
+            );
+            lines.push_str(&format!(
+                "mount --bind {bin} /usr/bin/sudo\n\
+                 mount --bind {run} /run/sudo-rs\n\
+                 if [ -e /etc/sudoers-rs ]; then mount --bind {sudoers} /etc/sudoers-rs; fi\n",
+                bin = q(bin),
+                run = q(self.sb.path(self.sudo.run_dir())),
+                sudoers = q(self.sb.path("etc/sudoers")),
+            ));
+        }
+        lines
     }
 
     /// A shell script run by `/bin/sh -c` as the test user (one parent for

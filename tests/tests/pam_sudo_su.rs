@@ -19,6 +19,7 @@
 
 use std::time::Duration;
 
+use openape_tests::against_both_sudos;
 use openape_tests::harness::{Output, TEST_USER};
 use openape_tests::idp::{Fault, GrantSpec, TestIdp};
 use openape_tests::sudo_ns::{PamSandbox, SudoImpl, require_root, shipped, with_common_stacks};
@@ -134,32 +135,6 @@ fn setup_sudo(imp: SudoImpl, name: &str, idp: &TestIdp, service: &str, stack: &s
     let mut ps = setup(name, idp, service, stack);
     ps.use_sudo(imp);
     ps
-}
-
-/// Each sudo scenario is a `fn(SudoImpl)`; this makes two tests of it,
-/// `<scenario>::ogsudo` (Debian's sudo 1.9) and `<scenario>::sudo_rs`
-/// (sudo-rs, skipped with the reason when it could not be built, a
-/// failure under CI).
-macro_rules! against_both_sudos {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            use openape_tests::sudo_ns::{SudoImpl, require_root, require_sudo};
-
-            #[test]
-            fn ogsudo() {
-                if require_root() && require_sudo(SudoImpl::Ogsudo) {
-                    super::$scenario(SudoImpl::Ogsudo);
-                }
-            }
-
-            #[test]
-            fn sudo_rs() {
-                if require_root() && require_sudo(SudoImpl::SudoRs) {
-                    super::$scenario(SudoImpl::SudoRs);
-                }
-            }
-        }
-    )*};
 }
 
 against_both_sudos!(
