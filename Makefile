@@ -28,7 +28,11 @@ lint:
 # then the package checks (make package-test, below).
 # The end-to-end suites need root (setuid binary, test users, mount
 # namespaces); run as another user they report themselves skipped.
+# scripts/sudo-rs.sh builds the pinned sudo-rs for the real-sudo suites
+# once (cargo install from crates.io, about half a minute on 2 cores) and
+# reuses it afterwards.
 test: build lint
+	CARGO="$(CARGO)" ./scripts/sudo-rs.sh
 	$(CARGO) test --workspace --no-fail-fast
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) package-test; else echo "skipped: the package checks need root"; fi
 

@@ -690,6 +690,13 @@ fn sudo_parse(argv: &[String]) {
         !first.contains('=') || first.starts_with('/'),
         "VAR=value accepted: {first:?}"
     );
+    // sudo-rs skips a lone `-`; `sudo sudoedit FILE` is edit mode.
+    assert!(!first.starts_with('-'), "command {first:?} accepted");
+    let first_base = first.rsplit('/').next().unwrap_or(first);
+    assert!(
+        first_base != "sudoedit" && first_base != "sudoedit-rs",
+        "sudoedit accepted as the command: {first:?}"
+    );
     // Independent reading of the option part: only -n, -S, -u USER and the
     // long forms, and `--` only as its last element.
     let opts = argv.get(1..argv.len() - cmd.len()).unwrap_or_default();

@@ -9,7 +9,8 @@
 //!   short options such as `-nu root` and `-uroot`, and the long forms
 //!   `--non-interactive`, `--stdin`, `--user=USER`, `--user USER`).
 //!   Anything else (`-s`, `-i`, `-e`, `-E`, `-D`, `-R`, `-h`, `-C`, `-T`,
-//!   `-g`, `-k`, `-v`, `-l`, `VAR=value`, `sudoedit`) is refused.
+//!   `-g`, `-k`, `-v`, `-l`, `VAR=value`, `sudoedit`, a CMD that starts
+//!   with `-` or is `sudoedit`) is refused.
 //! * su: `su [-|-l|--login] [-c CMD|--command=CMD] [--] [USER]`; the
 //!   command is the `-c` string as one argument (what the target's shell
 //!   will interpret), so only an exact binding can match it.
@@ -162,6 +163,15 @@ pub fn parse_sudo(argv: &[String]) -> Result<Invocation, String> {
     };
     if is_env_assignment(first.as_bytes()) || (first.contains('=') && !first.starts_with('/')) {
         return Err("VAR=value before the command is not allowed with grants".into());
+    }
+    if first.starts_with('-') {
+        // sudo-rs skips a lone `-` among its options: `sudo - id` runs
+        // `id`, so a grant for ["-", "id"] would run another argv.
+        return Err("a command starting with - is not allowed with grants".into());
+    }
+    if matches!(base_name(first), "sudoedit" | "sudoedit-rs") {
+        // `sudo sudoedit FILE` puts sudo 1.9 and sudo-rs into edit mode.
+        return Err("sudoedit is not allowed with grants".into());
     }
     Ok(Invocation {
         user,
@@ -441,6 +451,13 @@ mod tests {
             &["sudo", "-n"],
             &["sudo", "FOO=bar", "id"],
             &["sudo", "LD_PRELOAD=/tmp/x.so", "id"],
+            &["sudo", "-", "id"],
+            &["sudo", "-n", "-", "id"],
+            &["sudo", "--", "-", "id"],
+            &["sudo", "--", "-x"],
+            &["sudo", "sudoedit", "/etc/shadow"],
+            &["sudo", "/usr/bin/sudoedit", "/etc/shadow"],
+            &["sudo", "--", "sudoedit-rs", "/etc/shadow"],
             &["x ) 1 2", "id"],
             &[],
         ] {

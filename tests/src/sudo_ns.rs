@@ -20,12 +20,31 @@
 //! of the machine (`common-auth`, ...) can take part, and a service the test
 //! did not think of fails closed.
 //!
-//! sudo-rs is not installable on the CI image (no package), so only the
-//! original sudo (1.9.x) and util-linux `su` are exercised here.
+//! Two sudo implementations are exercised ([`SudoImpl`]): Debian's sudo
+//! 1.9 (`/usr/bin/sudo` as installed) and sudo-rs, built at the version
+//! pinned in `tests/sudo-rs.version` by `scripts/sudo-rs.sh` (run by `make
+//! test`) and installed setuid-root under
+//! `/var/lib/openape-tests/sudo-rs/<version>/bin/sudo`. For sudo-rs the
+//! namespace also has
+//!
+//! ```text
+//!     mount --bind <that binary>            /usr/bin/sudo
+//!     mount --bind <sandbox>/run-sudo-rs    /run/sudo-rs
+//!     mount --bind <sandbox>/etc/sudoers    /etc/sudoers-rs   (only if it exists)
+//! ```
+//!
+//! so scripts call it as `sudo` (its argv\[0\] and `/proc/self/exe` are
+//! `sudo`, as with a distribution's sudo-rs installed as sudo), its
+//! timestamp records (`/var/run/sudo-rs/ts`) are private, and a machine
+//! `/etc/sudoers-rs` (which sudo-rs prefers) cannot take part. The empty
+//! mount point `/run/sudo-rs` is created when missing (root, 0711: what
+//! sudo-rs itself creates).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -50,6 +69,121 @@ const GUARDED: [&str; 4] = [
 /// Whether a test of this suite runs (root), with this suite's notice.
 pub fn require_root() -> bool {
     harness::require_root_because(SKIP)
+}
+
+/// The sudo-rs version the suites build and run (`scripts/sudo-rs.sh`).
+pub const SUDO_RS_VERSION: &str = include_str!("../sudo-rs.version");
+
+/// Which sudo a scenario runs. Both are called as `sudo` inside the
+/// namespace; see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SudoImpl {
+    /// The machine's `/usr/bin/sudo` (Debian's sudo 1.9).
+    Ogsudo,
+    /// sudo-rs at [`SUDO_RS_VERSION`], bind-mounted over `/usr/bin/sudo`.
+    SudoRs,
+}
+
+impl SudoImpl {
+    /// For messages: "sudo 1.9" or "sudo-rs 0.2.x".
+    pub fn label(self) -> String {
+        match self {
+            SudoImpl::Ogsudo => "sudo 1.9".to_string(),
+            SudoImpl::SudoRs => format!("sudo-rs {}", SUDO_RS_VERSION.trim()),
+        }
+    }
+
+    /// The PAM service of `sudo -i`: sudo 1.9 uses sudoers'
+    /// `pam_login_service` (`sudo-i`); sudo-rs uses `sudo` for every launch
+    /// unless built with its `pam-login` feature (the suites build it with
+    /// the default features).
+    pub fn login_service(self) -> &'static str {
+        match self {
+            SudoImpl::Ogsudo => "sudo-i",
+            SudoImpl::SudoRs => "sudo",
+        }
+    }
+
+    /// The directory the namespace mounts over this sudo's timestamp
+    /// directory (`/run/sudo` or `/run/sudo-rs`), relative to the sandbox.
+    fn run_dir(self) -> &'static str {
+        match self {
+            SudoImpl::Ogsudo => "run-sudo",
+            SudoImpl::SudoRs => "run-sudo-rs",
+        }
+    }
+}
+
+/// Each sudo scenario is a `fn(SudoImpl)`; this makes two tests of it in a
+/// module named after it, `<scenario>::ogsudo` (Debian's sudo 1.9) and
+/// `<scenario>::sudo_rs` (sudo-rs; skipped with the reason when it could
+/// not be built, a failure under CI). Both need root.
+#[macro_export]
+macro_rules! against_both_sudos {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            use $crate::sudo_ns::{SudoImpl, require_root, require_sudo};
+
+            #[test]
+            fn ogsudo() {
+                if require_root() && require_sudo(SudoImpl::Ogsudo) {
+                    super::$scenario(SudoImpl::Ogsudo);
+                }
+            }
+
+            #[test]
+            fn sudo_rs() {
+                if require_root() && require_sudo(SudoImpl::SudoRs) {
+                    super::$scenario(SudoImpl::SudoRs);
+                }
+            }
+        }
+    )*};
+}
+
+/// The private setuid sudo-rs binary, or why there is none.
+pub fn sudo_rs_binary() -> Result<PathBuf, String> {
+    let version = SUDO_RS_VERSION.trim();
+    let dir = Path::new(TEST_ROOT).join("sudo-rs").join(version);
+    let bin = dir.join("bin/sudo");
+    match fs::symlink_metadata(&bin) {
+        Ok(m) if m.is_file() && m.uid() == 0 && m.mode() & 0o7777 == 0o4755 => Ok(bin),
+        Ok(_) => Err(format!(
+            "{} is not a root-owned 4755 file; rerun scripts/sudo-rs.sh",
+            bin.display()
+        )),
+        Err(_) => Err(match fs::read_to_string(dir.join("unavailable")) {
+            Ok(why) => why.trim().to_string(),
+            Err(_) => format!(
+                "{} not built: run scripts/sudo-rs.sh (make test does)",
+                bin.display()
+            ),
+        }),
+    }
+}
+
+/// Whether a scenario for `imp` can run. sudo 1.9 always can; for sudo-rs
+/// a missing build prints `skipped: ...` with the reason, except under CI
+/// (`CI=true`), where it fails the test: CI must test sudo-rs.
+pub fn require_sudo(imp: SudoImpl) -> bool {
+    if imp == SudoImpl::Ogsudo {
+        return true;
+    }
+    match sudo_rs_binary() {
+        Ok(_) => true,
+        Err(why) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{} is missing under CI: {why}",
+                imp.label()
+            );
+            // Straight to the stderr handle, not through the test
+            // harness's capture: a skipped implementation must show in
+            // the output of a passing run.
+            let _ = writeln!(std::io::stderr(), "skipped: {}: {why}", imp.label());
+            false
+        }
+    }
 }
 
 /// A snapshot of the machine's PAM and sudoers files, compared at the end
@@ -127,12 +261,14 @@ impl Default for EtcGuard {
 /// <root>/etc/sudoers          0440 root
 /// <root>/etc/sudoers.d/       0755 root  (empty)
 /// <root>/run-sudo/            0711 root  (mounted on /run/sudo)
+/// <root>/run-sudo-rs/         0711 root  (sudo-rs only: on /run/sudo-rs)
 /// <root>/out/                 0755 openape-e2e  (markers)
 /// <root>/log/ <root>/cache/   0700 root
 /// ```
 pub struct PamSandbox {
     pub sb: Sandbox,
     guard: EtcGuard,
+    sudo: SudoImpl,
 }
 
 /// `/etc/pam.d/other` of the sandbox: everything the test did not configure
@@ -167,9 +303,44 @@ impl PamSandbox {
         fs::copy(&so, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", so.display()));
         set_owner_mode(&dst, 0, 0, 0o644);
         sb.write_config(&sb.config(issuer).render());
-        let ps = PamSandbox { sb, guard };
+        let ps = PamSandbox {
+            sb,
+            guard,
+            sudo: SudoImpl::Ogsudo,
+        };
         ps.write_pam("other", PAM_OTHER);
         ps
+    }
+
+    /// Run `sudo` as `imp` in every later scenario of this sandbox (the
+    /// default is sudo 1.9). Check [`require_sudo`] first.
+    pub fn use_sudo(&mut self, imp: SudoImpl) {
+        if imp == SudoImpl::SudoRs {
+            let run = self.sb.path(imp.run_dir());
+            if !run.exists() {
+                fs::create_dir(&run).unwrap_or_else(|e| panic!("mkdir {}: {e}", run.display()));
+            }
+            set_owner_mode(&run, 0, 0, 0o711);
+            // The mount point; what sudo-rs creates itself on first use.
+            let point = Path::new("/run/sudo-rs");
+            match fs::create_dir(point) {
+                Ok(()) => set_owner_mode(point, 0, 0, 0o711),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("mkdir {}: {e}", point.display()),
+            }
+        }
+        self.sudo = imp;
+    }
+
+    /// The sudo this sandbox runs.
+    pub fn sudo(&self) -> SudoImpl {
+        self.sudo
+    }
+
+    /// Where this sudo's timestamp records land (the namespace's
+    /// `/run/sudo/ts` or `/var/run/sudo-rs/ts`).
+    pub fn timestamp_dir(&self) -> PathBuf {
+        self.sb.path(self.sudo.run_dir()).join("ts")
     }
 
     pub fn module(&self) -> PathBuf {
@@ -228,18 +399,10 @@ impl PamSandbox {
             self.sb.path("etc/sudoers").is_file(),
             "write_sudoers() first"
         );
-        let q = |p: PathBuf| shell_quote(&p.to_string_lossy());
         let script = format!(
-            "set -e\n\
-             mount --bind {pamd} /etc/pam.d\n\
-             mount --bind {sudoers} /etc/sudoers\n\
-             mount --bind {sudoersd} /etc/sudoers.d\n\
-             mount --bind {run} /run/sudo\n\
+            "set -e\n{mounts}\
              exec /usr/bin/setpriv --reuid={u} --regid={u} --init-groups --reset-env -- /usr/bin/env \"$@\"\n",
-            pamd = q(self.sb.path("etc/pam.d")),
-            sudoers = q(self.sb.path("etc/sudoers")),
-            sudoersd = q(self.sb.path("etc/sudoers.d")),
-            run = q(self.sb.path("run-sudo")),
+            mounts = self.mounts(),
             u = TEST_USER,
         );
         let mut r = Run::new("/usr/bin/unshare")
@@ -268,6 +431,39 @@ impl PamSandbox {
         let out = r.output();
         self.guard.check();
         out
+    }
+
+    /// The shell commands (one a line) that mount the sandbox's PAM
+    /// stacks, sudoers and timestamp directory, and for sudo-rs its binary
+    /// over `/usr/bin/sudo`, inside a fresh mount namespace.
+    pub fn mounts(&self) -> String {
+        let q = |p: PathBuf| shell_quote(&p.to_string_lossy());
+        let mut lines = format!(
+            "mount --bind {pamd} /etc/pam.d\n\
+             mount --bind {sudoers} /etc/sudoers\n\
+             mount --bind {sudoersd} /etc/sudoers.d\n\
+             mount --bind {run} /run/sudo\n",
+            pamd = q(self.sb.path("etc/pam.d")),
+            sudoers = q(self.sb.path("etc/sudoers")),
+            sudoersd = q(self.sb.path("etc/sudoers.d")),
+            run = q(self.sb.path("run-sudo")),
+        );
+        if self.sudo == SudoImpl::SudoRs {
+            let bin = sudo_rs_binary().unwrap_or_else(|e| panic!("sudo-rs: {e}"));
+            assert!(
+                Path::new("/usr/bin/sudo").is_file(),
+                "/usr/bin/sudo is needed as the mount point for sudo-rs"
+            );
+            lines.push_str(&format!(
+                "mount --bind {bin} /usr/bin/sudo\n\
+                 mount --bind {run} /run/sudo-rs\n\
+                 if [ -e /etc/sudoers-rs ]; then mount --bind {sudoers} /etc/sudoers-rs; fi\n",
+                bin = q(bin),
+                run = q(self.sb.path(self.sudo.run_dir())),
+                sudoers = q(self.sb.path("etc/sudoers")),
+            ));
+        }
+        lines
     }
 
     /// A shell script run by `/bin/sh -c` as the test user (one parent for

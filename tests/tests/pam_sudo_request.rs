@@ -3,15 +3,25 @@
 //! NOPASSWD + `sudo -n` setup for agents, refusals, and two waits at once.
 //! The test user has an enrolled key in a home of its own; the test plays
 //! the approver. Needs root; otherwise every test prints a skip notice.
+//!
+//! Every scenario runs against sudo 1.9 and sudo-rs (`<scenario>::ogsudo`,
+//! `<scenario>::sudo_rs`). sudo-rs shows conversation messages only on a
+//! terminal, or on stderr with `-S`; without either the message fails and
+//! sudo-rs then fails the whole authentication, even after the module
+//! accepted an approved grant. Its variants of the scenarios without a
+//! terminal therefore run `sudo -S` (the link goes to stderr);
+//! `sudo_rs_without_a_terminal_cannot_show_the_link` shows what happens
+//! without it, and the tmux scenario runs both on a real terminal.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use openape_tests::against_both_sudos;
 use openape_tests::harness::{self, Output, TEST_USER, set_owner_mode, test_user};
 use openape_tests::idp::TestIdp;
-use openape_tests::sudo_ns::{PamSandbox, require_root, shipped, with_common_stacks};
+use openape_tests::sudo_ns::{PamSandbox, SudoImpl, require_root, shipped, with_common_stacks};
 use pam_openape::request::keys;
 
 const AGENT: &str = "agent@example.com";
@@ -46,15 +56,17 @@ fn sudoers(nopasswd: bool) -> String {
 struct S {
     idp: TestIdp,
     ps: PamSandbox,
+    imp: SudoImpl,
 }
 
-fn setup(name: &str, stack: &str, nopasswd: bool) -> Option<S> {
+fn setup(imp: SudoImpl, name: &str, stack: &str, nopasswd: bool) -> Option<S> {
     if !require_root() {
         return None;
     }
     let user = test_user();
     let idp = TestIdp::start();
     let mut ps = PamSandbox::new(name, &idp.issuer());
+    ps.use_sudo(imp);
     let home = ps.with_user_home();
     let mut cfg = ps.sb.config(&idp.issuer());
     cfg.tail = "[request]\ntimeout = 15\n".into();
@@ -84,15 +96,27 @@ fn setup(name: &str, stack: &str, nopasswd: bool) -> Option<S> {
         set_owner_mode(&p, user.uid, user.gid, mode);
     }
     idp.register_agent(AGENT, key.verifying_key().to_bytes());
-    Some(S { idp, ps })
+    Some(S { idp, ps, imp })
 }
 
 impl S {
+    /// `argv` as this implementation needs it without a terminal: sudo-rs
+    /// gets `-S` for the authentication phase (see the module comment);
+    /// `sudo -n` (the account phase) is left alone.
+    fn argv<'a>(&self, argv: &[&'a str]) -> Vec<&'a str> {
+        let mut v = argv.to_vec();
+        if self.imp == SudoImpl::SudoRs && v.first() == Some(&"sudo") && !v.contains(&"-n") {
+            v.insert(1, "-S");
+        }
+        v
+    }
+
     /// Run `argv` (as the test user, through sudo) on a thread; decide
     /// the first pending grant with `decide`.
     fn run_and_decide(&self, argv: &[&str], decide: impl FnOnce(&str)) -> Output {
+        let argv = self.argv(argv);
         std::thread::scope(|s| {
-            let h = s.spawn(|| self.ps.run(argv, &[], None));
+            let h = s.spawn(|| self.ps.run(&argv, &[], None));
             let id = self
                 .idp
                 .wait_for_pending(Duration::from_secs(15))
@@ -111,9 +135,18 @@ impl S {
     }
 }
 
-#[test]
-fn sudo_shows_the_link_waits_and_runs_the_approved_command() {
-    let Some(s) = setup("sudoreq-ok", SUDO_REQUEST, false) else {
+against_both_sudos!(
+    sudo_rs_without_a_terminal_cannot_show_the_link,
+    sudo_shows_the_link_waits_and_runs_the_approved_command,
+    sudo_denied_request_runs_nothing,
+    sudo_n_agents_wait_for_approval_of_that_very_argv,
+    two_waits_at_once_each_run_only_their_own_command,
+    ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing,
+    shipped_request_and_agent_stacks_work_verbatim,
+);
+
+fn sudo_shows_the_link_waits_and_runs_the_approved_command(imp: SudoImpl) {
+    let Some(s) = setup(imp, "sudoreq-ok", SUDO_REQUEST, false) else {
         return;
     };
     let out = s.run_and_decide(&["sudo", "id", "-u"], |id| {
@@ -138,9 +171,8 @@ fn sudo_shows_the_link_waits_and_runs_the_approved_command() {
     assert_eq!(s.idp.consume_count(&id), 1);
 }
 
-#[test]
-fn sudo_denied_request_runs_nothing() {
-    let Some(s) = setup("sudoreq-deny", SUDO_REQUEST, false) else {
+fn sudo_denied_request_runs_nothing(imp: SudoImpl) {
+    let Some(s) = setup(imp, "sudoreq-deny", SUDO_REQUEST, false) else {
         return;
     };
     let marker = s.ps.out_path("ran");
@@ -158,9 +190,8 @@ fn sudo_denied_request_runs_nothing() {
 /// The agent setup: NOPASSWD rule, `sudo -n`, the module in the account
 /// phase with `grant_only request`. Without an approved grant for that very
 /// argv nothing runs.
-#[test]
-fn sudo_n_agents_wait_for_approval_of_that_very_argv() {
-    let Some(s) = setup("sudoreq-agent", SUDO_AGENT, true) else {
+fn sudo_n_agents_wait_for_approval_of_that_very_argv(imp: SudoImpl) {
+    let Some(s) = setup(imp, "sudoreq-agent", SUDO_AGENT, true) else {
         return;
     };
     let out = s.run_and_decide(&["sudo", "-n", "id", "-u"], |id| {
@@ -183,9 +214,8 @@ fn sudo_n_agents_wait_for_approval_of_that_very_argv() {
 
 /// Two sudo runs wait at once, each for its own command; approved in the
 /// opposite order, each runs exactly its own command once.
-#[test]
-fn two_waits_at_once_each_run_only_their_own_command() {
-    let Some(s) = setup("sudoreq-two", SUDO_REQUEST, false) else {
+fn two_waits_at_once_each_run_only_their_own_command(imp: SudoImpl) {
+    let Some(s) = setup(imp, "sudoreq-two", SUDO_REQUEST, false) else {
         return;
     };
     let a = s.ps.out_path("a");
@@ -194,9 +224,13 @@ fn two_waits_at_once_each_run_only_their_own_command() {
         a.to_string_lossy().into_owned(),
         b.to_string_lossy().into_owned(),
     );
+    let (argv_a, argv_b) = (
+        s.argv(&["sudo", "touch", &a_s]),
+        s.argv(&["sudo", "touch", &b_s]),
+    );
     let (out_a, out_b) = std::thread::scope(|t| {
-        let ha = t.spawn(|| s.ps.run(&["sudo", "touch", &a_s], &[], None));
-        let hb = t.spawn(|| s.ps.run(&["sudo", "touch", &b_s], &[], None));
+        let ha = t.spawn(|| s.ps.run(&argv_a, &[], None));
+        let hb = t.spawn(|| s.ps.run(&argv_b, &[], None));
         let start = std::time::Instant::now();
         while s.idp.grant_ids().len() < 2 && start.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(20));
@@ -232,9 +266,8 @@ fn two_waits_at_once_each_run_only_their_own_command() {
 /// Ctrl-C at a real terminal while sudo waits: sudo ends, the request
 /// child sees its parent gone and cancels the request at the IdP, nothing
 /// runs. Driven through tmux.
-#[test]
-fn ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing() {
-    let Some(s) = setup("sudoreq-ctrlc", SUDO_REQUEST, false) else {
+fn ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing(imp: SudoImpl) {
+    let Some(s) = setup(imp, "sudoreq-ctrlc", SUDO_REQUEST, false) else {
         return;
     };
     if !std::path::Path::new("/usr/bin/tmux").exists() {
@@ -242,15 +275,13 @@ fn ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing() {
         return;
     }
     let sb = &s.ps.sb;
+    let mounts: Vec<String> = s.ps.mounts().lines().map(str::to_string).collect();
     let inner = format!(
-        "mount --bind {pamd} /etc/pam.d && mount --bind {sudoers} /etc/sudoers && mount --bind {sd} /etc/sudoers.d && mount --bind {run} /run/sudo && exec setpriv --reuid={u} --regid={u} --init-groups -- /bin/sh",
-        pamd = sb.path("etc/pam.d").display(),
-        sudoers = sb.path("etc/sudoers").display(),
-        sd = sb.path("etc/sudoers.d").display(),
-        run = sb.path("run-sudo").display(),
+        "{} && exec setpriv --reuid={u} --regid={u} --init-groups -- /bin/sh",
+        mounts.join(" && "),
         u = TEST_USER
     );
-    let session = format!("openape-sudoreq-{}", std::process::id());
+    let session = format!("openape-sudoreq-{}-{imp:?}", std::process::id());
     let tmux = |args: &[&str]| {
         openape_tests::harness::Run::new("/usr/bin/tmux")
             .args(args)
@@ -321,9 +352,8 @@ fn ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing() {
 
 /// The shipped files, verbatim: pam.d/sudo.request with the sudoers
 /// drop-in (people), pam.d/sudo.agent with a NOPASSWD rule (agents).
-#[test]
-fn shipped_request_and_agent_stacks_work_verbatim() {
-    let Some(s) = setup("sudoreq-shipped", SUDO_REQUEST, false) else {
+fn shipped_request_and_agent_stacks_work_verbatim(imp: SudoImpl) {
+    let Some(s) = setup(imp, "sudoreq-shipped", SUDO_REQUEST, false) else {
         return;
     };
     if !with_common_stacks(&s.ps) {
@@ -357,4 +387,47 @@ fn shipped_request_and_agent_stacks_work_verbatim() {
     assert!(!marker.exists());
     let runs = s.events().iter().filter(|e| *e == "grant_run").count();
     assert_eq!(runs, 2);
+}
+
+/// Without a terminal and without `-S`, sudo 1.9 prints the link on its
+/// stdout and the approved command runs. sudo-rs cannot show the link
+/// (its conversation needs the terminal for every message) and, although
+/// the module accepts the approved grant, fails the authentication
+/// afterwards: nothing runs. Use a terminal or `sudo -S` with sudo-rs.
+fn sudo_rs_without_a_terminal_cannot_show_the_link(imp: SudoImpl) {
+    let Some(s) = setup(imp, "sudoreq-notty", SUDO_REQUEST, false) else {
+        return;
+    };
+    let marker = s.ps.out_path("ran");
+    let m = marker.to_string_lossy().into_owned();
+    let out = std::thread::scope(|t| {
+        let h = t.spawn(|| s.ps.run(&["sudo", "touch", &m], &[], None));
+        let id = s
+            .idp
+            .wait_for_pending(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("no pending grant: {:?}", s.idp.requests()));
+        assert!(s.idp.approve(&id, harness::APPROVER));
+        h.join().unwrap()
+    });
+    match imp {
+        SudoImpl::Ogsudo => {
+            assert_eq!(out.code, 0, "{out}");
+            assert!(out.stdout.contains("Approve at: "), "{out}");
+            assert!(marker.exists(), "{out}");
+        }
+        SudoImpl::SudoRs => {
+            eprintln!(
+                "note: {}: no terminal and no -S: the approval link cannot be shown and sudo-rs refuses after the approval; nothing runs",
+                imp.label()
+            );
+            assert_ne!(out.code, 0, "{out}");
+            assert!(
+                out.stderr
+                    .contains("A terminal is required to authenticate"),
+                "{out}"
+            );
+            assert!(!out.stdout.contains("Approve at: "), "{out}");
+            assert!(!marker.exists(), "{out}");
+        }
+    }
 }

@@ -1,23 +1,28 @@
-//! pam_openape.so under the real sudo (1.9.x) and util-linux su, as the
-//! non-root test user, in a private mount namespace per scenario (see
-//! `openape_tests::sudo_ns`): the machine's /etc/pam.d, /etc/sudoers and
-//! /run/sudo are never modified.
+//! pam_openape.so under the real sudo 1.9, sudo-rs and util-linux su, as
+//! the non-root test user, in a private mount namespace per scenario (see
+//! `openape_tests::sudo_ns`): the machine's /etc/pam.d, /etc/sudoers,
+//! /run/sudo and /usr/bin/sudo are never modified.
 //!
-//! sudo-rs is not installable on the CI image, so its variants of these
-//! scenarios (same PAM service names, same timestamp default) are not run
-//! here.
+//! Every sudo scenario runs twice, as `<scenario>::ogsudo` (Debian's sudo
+//! 1.9) and `<scenario>::sudo_rs` (sudo-rs at the version pinned in
+//! tests/sudo-rs.version, built by scripts/sudo-rs.sh). Where the two
+//! behave differently the scenario says so (`SudoImpl` matches); the
+//! README's compatibility table lists the differences. Without a sudo-rs
+//! build the `sudo_rs` variants print `skipped: ...` with the reason, and
+//! fail under CI (`CI=true`).
 //!
 //! Every test needs root; without it each prints the skip notice and
-//! passes. Run: `cargo build --workspace && cargo test -p openape-tests
-//! --test pam_sudo_su -- --test-threads=2`.
+//! passes. Run: `cargo build --workspace && ./scripts/sudo-rs.sh && cargo
+//! test -p openape-tests --test pam_sudo_su -- --test-threads=2`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
+use openape_tests::against_both_sudos;
 use openape_tests::harness::{Output, TEST_USER};
 use openape_tests::idp::{Fault, GrantSpec, TestIdp};
-use openape_tests::sudo_ns::{PamSandbox, require_root, shipped, with_common_stacks};
+use openape_tests::sudo_ns::{PamSandbox, SudoImpl, require_root, shipped, with_common_stacks};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -118,6 +123,48 @@ fn setup(name: &str, idp: &TestIdp, service: &str, stack: &str) -> PamSandbox {
     ps
 }
 
+/// A sandbox whose scenarios run `sudo` as `imp`.
+fn sudo_sandbox(imp: SudoImpl, name: &str, issuer: &str) -> PamSandbox {
+    let mut ps = PamSandbox::new(name, issuer);
+    ps.use_sudo(imp);
+    ps
+}
+
+/// [`setup`] for a sudo scenario run by `imp`.
+fn setup_sudo(imp: SudoImpl, name: &str, idp: &TestIdp, service: &str, stack: &str) -> PamSandbox {
+    let mut ps = setup(name, idp, service, stack);
+    ps.use_sudo(imp);
+    ps
+}
+
+against_both_sudos!(
+    sudo_runs_the_approved_command,
+    sudo_refuses_another_argv,
+    sudo_refuses_a_replayed_once_grant,
+    sudo_refuses_a_target_user_other_than_run_as,
+    sudo_reads_the_grant_through_the_conversation,
+    sudo_conversation_drops_answers_of_512_bytes_or_more,
+    grant_or_password_falls_through_without_a_grant_and_logs_nothing,
+    grant_or_password_falls_through_on_a_bad_grant_but_logs_it,
+    timestamp_hole_is_closed_by_grant_only_account,
+    timestamp_hole_is_open_without_grant_only,
+    timestamp_zero_reauthenticates_and_refuses,
+    nopasswd_skips_auth_but_grant_only_account_still_refuses,
+    idp_down_fails_closed_quickly,
+    idp_hanging_fails_closed_within_the_http_timeout_per_try,
+    sudo_shell_forms_are_refused_and_consume_nothing,
+    sudo_i_is_refused_at_the_command_step,
+    sudo_i_with_a_no_command_grant_for_the_caller_gives_no_root,
+    env_grant_reaches_the_module_without_env_keep,
+    shipped_grant_only_stack_and_sudoers_drop_in_work_verbatim,
+    shipped_grant_or_password_stack_accepts_a_grant_and_otherwise_asks_for_the_password,
+    sudo_in_the_namespace_is_the_expected_implementation,
+    sudo_user_forms_name_the_same_target,
+    sudo_commands_that_switch_sudo_modes_are_refused,
+    refusal_messages_reach_the_user_only_without_pam_silent,
+    sudo_n_never_asks_the_auth_stack,
+);
+
 /// Debian's `su-l` stack: everything from `su`.
 const SU_L: &str = "auth include su\naccount include su\nsession include su\n";
 
@@ -167,13 +214,9 @@ fn count(ps: &PamSandbox, event: &str) -> usize {
 // 1-4: the grant decides, exactly
 // ---------------------------------------------------------------------------
 
-#[test]
-fn sudo_runs_the_approved_command() {
-    if !require_root() {
-        return;
-    }
+fn sudo_runs_the_approved_command(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-ok", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(imp, "sudo-ok", &idp, "sudo", SUDO_GRANT_OR_DENY);
     let g = grant(&idp, &["id", "-u"]);
     let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
     assert_ran(&out, "0\n");
@@ -188,13 +231,9 @@ fn sudo_runs_the_approved_command() {
     assert_eq!(idp.consume_count(&g.grant_id), 1);
 }
 
-#[test]
-fn sudo_refuses_another_argv() {
-    if !require_root() {
-        return;
-    }
+fn sudo_refuses_another_argv(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-argv", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(imp, "sudo-argv", &idp, "sudo", SUDO_GRANT_OR_DENY);
     let g = grant(&idp, &["id", "-u"]);
     let out = ps.run(&["sudo", "id", "-g"], &with_grant(&g.jwt), None);
     assert_refused(&out);
@@ -204,13 +243,9 @@ fn sudo_refuses_another_argv() {
     assert_eq!(idp.consume_count(&g.grant_id), 0);
 }
 
-#[test]
-fn sudo_refuses_a_replayed_once_grant() {
-    if !require_root() {
-        return;
-    }
+fn sudo_refuses_a_replayed_once_grant(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-replay", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(imp, "sudo-replay", &idp, "sudo", SUDO_GRANT_OR_DENY);
     let g = grant(&idp, &["id", "-u"]);
     let first = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
     assert_ran(&first, "0\n");
@@ -228,13 +263,9 @@ fn sudo_refuses_a_replayed_once_grant() {
     assert_eq!(idp.consume_count(&g.grant_id), 1);
 }
 
-#[test]
-fn sudo_refuses_a_target_user_other_than_run_as() {
-    if !require_root() {
-        return;
-    }
+fn sudo_refuses_a_target_user_other_than_run_as(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-target", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(imp, "sudo-target", &idp, "sudo", SUDO_GRANT_OR_DENY);
     let g = grant(&idp, &["id", "-u"]); // run_as root
     let out = ps.run(
         &["sudo", "-u", "nobody", "id", "-u"],
@@ -251,13 +282,9 @@ fn sudo_refuses_a_target_user_other_than_run_as() {
 // 5: the conversation
 // ---------------------------------------------------------------------------
 
-#[test]
-fn sudo_reads_the_grant_through_the_conversation() {
-    if !require_root() {
-        return;
-    }
+fn sudo_reads_the_grant_through_the_conversation(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-conv", &idp, "sudo", SUDO_GRANT_PROMPT);
+    let ps = setup_sudo(imp, "sudo-conv", &idp, "sudo", SUDO_GRANT_PROMPT);
     let g = grant(&idp, &["id", "-u"]);
     // sudo refuses answers of 512 bytes or more: the grant comes in lines
     // of 500 characters, as `fold -w 500` makes them.
@@ -275,16 +302,15 @@ fn sudo_reads_the_grant_through_the_conversation() {
     assert_eq!(l["grant_id"], g.grant_id.as_str());
 }
 
-/// What sudo 1.9 does with long conversation answers, and why the module
+/// What sudo does with long conversation answers, and why the module
 /// reads a prompted grant in lines of 500 characters: up to 511 bytes reach
 /// the module, 512 and more are dropped by sudo before the module sees them.
-#[test]
-fn sudo_conversation_drops_answers_of_512_bytes_or_more() {
-    if !require_root() {
-        return;
-    }
+/// sudo 1.9 says "Sorry, try again." and asks again (the rest of the line is
+/// lost); sudo-rs (a 512-byte answer buffer, NUL included) fails the
+/// conversation with "Incorrect authentication attempt" and stops.
+fn sudo_conversation_drops_answers_of_512_bytes_or_more(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-conv-len", &idp, "sudo", SUDO_GRANT_PROMPT);
+    let ps = setup_sudo(imp, "sudo-conv-len", &idp, "sudo", SUDO_GRANT_PROMPT);
     // 511 bytes: delivered, refused by the module at parse.
     let short = format!("{}\n", "a".repeat(511));
     let out = ps.run(&["sudo", "-S", "id", "-u"], &[], Some(short.as_bytes()));
@@ -297,7 +323,11 @@ fn sudo_conversation_drops_answers_of_512_bytes_or_more() {
     let stdin = format!("{}\n", g.jwt);
     let out = ps.run(&["sudo", "-S", "id", "-u"], &[], Some(stdin.as_bytes()));
     assert_refused(&out);
-    assert!(out.stderr.contains("Sorry, try again."), "{out}");
+    let dropped = match imp {
+        SudoImpl::Ogsudo => "Sorry, try again.",
+        SudoImpl::SudoRs => "Incorrect authentication attempt",
+    };
+    assert!(out.stderr.contains(dropped), "{}: {out}", imp.label());
     assert_eq!(count(&ps, "grant_run"), 0);
     // No line about this token: the module never saw it.
     let fp = pam_openape::token::fingerprint(&g.jwt);
@@ -342,13 +372,9 @@ fn su_reads_the_grant_through_the_conversation() {
 // 6: grant or password
 // ---------------------------------------------------------------------------
 
-#[test]
-fn grant_or_password_falls_through_without_a_grant_and_logs_nothing() {
-    if !require_root() {
-        return;
-    }
+fn grant_or_password_falls_through_without_a_grant_and_logs_nothing(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-fall", &idp, "sudo", SUDO_GRANT_OR_PASSWORD);
+    let ps = setup_sudo(imp, "sudo-fall", &idp, "sudo", SUDO_GRANT_OR_PASSWORD);
     let out = ps.run(&["sudo", "id", "-u"], &[], None);
     // The password stand-in accepted: sudo ran the command.
     assert_ran(&out, "0\n");
@@ -361,13 +387,9 @@ fn grant_or_password_falls_through_without_a_grant_and_logs_nothing() {
     assert_eq!(idp.request_count("/"), 0, "no grant, no IdP traffic");
 }
 
-#[test]
-fn grant_or_password_falls_through_on_a_bad_grant_but_logs_it() {
-    if !require_root() {
-        return;
-    }
+fn grant_or_password_falls_through_on_a_bad_grant_but_logs_it(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-fall-bad", &idp, "sudo", SUDO_GRANT_OR_PASSWORD);
+    let ps = setup_sudo(imp, "sudo-fall-bad", &idp, "sudo", SUDO_GRANT_OR_PASSWORD);
     let g = idp.issue(&GrantSpec::new("otherhost", &["id", "-u"]));
     let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
     // `sufficient` ignores PAM_AUTH_ERR: the password stand-in decided.
@@ -488,13 +510,9 @@ OPENAPE_GRANT=\"$1\" sudo id -u; echo \"rc1=$?\"
 sudo id -g; echo \"rc2=$?\"
 ";
 
-#[test]
-fn timestamp_hole_is_closed_by_grant_only_account() {
-    if !require_root() {
-        return;
-    }
+fn timestamp_hole_is_closed_by_grant_only_account(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-ts", &idp, "sudo", SUDO_GRANT_ONLY);
+    let ps = setup_sudo(imp, "sudo-ts", &idp, "sudo", SUDO_GRANT_ONLY);
     // sudo's default timestamp_timeout (15 min): the second call skips
     // authentication, but pam_acct_mgmt still runs.
     ps.write_sudoers(&sudoers(false, false));
@@ -503,7 +521,7 @@ fn timestamp_hole_is_closed_by_grant_only_account() {
     assert_eq!(out.stdout, "0\nrc1=0\nrc2=1\n", "{out}");
     // The timestamp was written by the first call and used by the second.
     assert!(
-        std::fs::read_dir(ps.sb.path("run-sudo/ts"))
+        std::fs::read_dir(ps.timestamp_dir())
             .map(|d| d.count())
             .unwrap_or(0)
             > 0,
@@ -521,13 +539,9 @@ fn timestamp_hole_is_closed_by_grant_only_account() {
 
 /// The hole itself, for contrast: without grant_only and with sudo's
 /// default timestamp_timeout, one grant opens a sudo session.
-#[test]
-fn timestamp_hole_is_open_without_grant_only() {
-    if !require_root() {
-        return;
-    }
+fn timestamp_hole_is_open_without_grant_only(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-ts-open", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(imp, "sudo-ts-open", &idp, "sudo", SUDO_GRANT_OR_DENY);
     ps.write_sudoers(&sudoers(false, false));
     let g = grant(&idp, &["id", "-u"]);
     let out = ps.run_script(TWO_CALLS, &[&g.jwt], &[]);
@@ -537,13 +551,9 @@ fn timestamp_hole_is_open_without_grant_only() {
     assert_eq!(count(&ps, "denied"), 0);
 }
 
-#[test]
-fn timestamp_zero_reauthenticates_and_refuses() {
-    if !require_root() {
-        return;
-    }
+fn timestamp_zero_reauthenticates_and_refuses(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-ts0", &idp, "sudo", SUDO_GRANT_ONLY);
+    let ps = setup_sudo(imp, "sudo-ts0", &idp, "sudo", SUDO_GRANT_ONLY);
     let g = grant(&idp, &["id", "-u"]);
     let out = ps.run_script(TWO_CALLS, &[&g.jwt], &[]);
     assert_eq!(out.stdout, "0\nrc1=0\nrc2=1\n", "{out}");
@@ -555,14 +565,10 @@ fn timestamp_zero_reauthenticates_and_refuses() {
     assert_eq!(idp.consume_count(&g.grant_id), 1);
 }
 
-#[test]
-fn nopasswd_skips_auth_but_grant_only_account_still_refuses() {
-    if !require_root() {
-        return;
-    }
+fn nopasswd_skips_auth_but_grant_only_account_still_refuses(imp: SudoImpl) {
     let idp = TestIdp::start();
     // grant-or-deny with pam_permit in account: NOPASSWD works as usual.
-    let ps = setup("sudo-nopw", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(imp, "sudo-nopw", &idp, "sudo", SUDO_GRANT_OR_DENY);
     let out = ps.run(&["sudo", "true"], &[], None);
     assert_eq!(out.code, 0, "{out}");
     assert!(ps.audit().is_empty());
@@ -579,13 +585,9 @@ fn nopasswd_skips_auth_but_grant_only_account_still_refuses() {
 // 9: the IdP is down
 // ---------------------------------------------------------------------------
 
-#[test]
-fn idp_down_fails_closed_quickly() {
-    if !require_root() {
-        return;
-    }
+fn idp_down_fails_closed_quickly(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-down", &idp, "sudo", SUDO_GRANT_ONLY);
+    let ps = setup_sudo(imp, "sudo-down", &idp, "sudo", SUDO_GRANT_ONLY);
     let g = grant(&idp, &["id", "-u"]);
     drop(idp); // the port is closed; the JWKS cache is empty
     let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
@@ -604,13 +606,9 @@ fn idp_down_fails_closed_quickly() {
     assert_eq!(count(&ps, "grant_run"), 0);
 }
 
-#[test]
-fn idp_hanging_fails_closed_within_the_http_timeout_per_try() {
-    if !require_root() {
-        return;
-    }
+fn idp_hanging_fails_closed_within_the_http_timeout_per_try(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-hang", &idp, "sudo", SUDO_GRANT_ONLY);
+    let ps = setup_sudo(imp, "sudo-hang", &idp, "sudo", SUDO_GRANT_ONLY);
     let g = grant(&idp, &["id", "-u"]);
     idp.set_fault(Fault::Hang);
     let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
@@ -636,18 +634,14 @@ fn idp_hanging_fails_closed_within_the_http_timeout_per_try() {
 // 10: shells
 // ---------------------------------------------------------------------------
 
-#[test]
-fn sudo_shell_forms_are_refused_and_consume_nothing() {
-    if !require_root() {
-        return;
-    }
+fn sudo_shell_forms_are_refused_and_consume_nothing(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-shell", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(imp, "sudo-shell", &idp, "sudo", SUDO_GRANT_OR_DENY);
     // `sudo -i` authenticates under its own PAM service, sudo-i (sudoers'
     // pam_login_service; on Debian /etc/pam.d/sudo-i includes
     // common-auth, so a pam-auth-update install puts the module there
     // too). Give it the same stack.
-    ps.write_pam("sudo-i", SUDO_GRANT_OR_DENY);
+    ps.write_pam(imp.login_service(), SUDO_GRANT_OR_DENY);
     let g = grant(&idp, &["id", "-u"]);
     for argv in [
         &["sudo", "-s"][..],
@@ -672,17 +666,19 @@ fn sudo_shell_forms_are_refused_and_consume_nothing() {
     assert_eq!(idp.consume_count(&g.grant_id), 0);
 }
 
-#[test]
-fn sudo_i_is_refused_at_the_command_step() {
-    if !require_root() {
-        return;
-    }
+fn sudo_i_is_refused_at_the_command_step(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-i-step", &idp, "sudo-i", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(
+        imp,
+        "sudo-i-step",
+        &idp,
+        imp.login_service(),
+        SUDO_GRANT_OR_DENY,
+    );
     let g = grant(&idp, &["id", "-u"]);
     let out = ps.run(&["sudo", "-i", "id", "-u"], &with_grant(&g.jwt), None);
     assert_refused(&out);
-    let l = assert_denied(&ps, "pam:sudo-i", "command");
+    let l = assert_denied(&ps, &format!("pam:{}", imp.login_service()), "command");
     assert_eq!(
         l["reason"], "sudo option -i is not allowed with grants",
         "{l}"
@@ -690,13 +686,15 @@ fn sudo_i_is_refused_at_the_command_step() {
     assert_eq!(idp.consume_count(&g.grant_id), 0);
 }
 
-#[test]
-fn sudo_i_with_a_no_command_grant_for_the_caller_gives_no_root() {
-    if !require_root() {
-        return;
-    }
+fn sudo_i_with_a_no_command_grant_for_the_caller_gives_no_root(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-i-root", &idp, "sudo-i", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(
+        imp,
+        "sudo-i-root",
+        &idp,
+        imp.login_service(),
+        SUDO_GRANT_OR_DENY,
+    );
     // Approved: "the agent acts as openape-e2e, no command".
     let mut spec = GrantSpec::new("testhost", &[]);
     spec.command = None;
@@ -712,13 +710,9 @@ fn sudo_i_with_a_no_command_grant_for_the_caller_gives_no_root() {
 // Where the grant comes from under sudo
 // ---------------------------------------------------------------------------
 
-#[test]
-fn env_grant_reaches_the_module_without_env_keep() {
-    if !require_root() {
-        return;
-    }
+fn env_grant_reaches_the_module_without_env_keep(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = setup("sudo-noenvkeep", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let ps = setup_sudo(imp, "sudo-noenvkeep", &idp, "sudo", SUDO_GRANT_OR_DENY);
     ps.write_sudoers(&sudoers(true, false));
     let g = grant(&idp, &["id", "-u"]);
     let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
@@ -743,13 +737,9 @@ fn env_grant_reaches_the_module_without_env_keep() {
 // The files the project ships (pam.d/), used verbatim
 // ---------------------------------------------------------------------------
 
-#[test]
-fn shipped_grant_only_stack_and_sudoers_drop_in_work_verbatim() {
-    if !require_root() {
-        return;
-    }
+fn shipped_grant_only_stack_and_sudoers_drop_in_work_verbatim(imp: SudoImpl) {
     let idp = TestIdp::start();
-    let ps = PamSandbox::new("shipped-grant-only", &idp.issuer());
+    let ps = sudo_sandbox(imp, "shipped-grant-only", &idp.issuer());
     if !with_common_stacks(&ps) {
         return;
     }
@@ -773,13 +763,11 @@ fn shipped_grant_only_stack_and_sudoers_drop_in_work_verbatim() {
     assert_refused(&out);
 }
 
-#[test]
-fn shipped_grant_or_password_stack_accepts_a_grant_and_otherwise_asks_for_the_password() {
-    if !require_root() {
-        return;
-    }
+fn shipped_grant_or_password_stack_accepts_a_grant_and_otherwise_asks_for_the_password(
+    imp: SudoImpl,
+) {
     let idp = TestIdp::start();
-    let ps = PamSandbox::new("shipped-grant-or-pw", &idp.issuer());
+    let ps = sudo_sandbox(imp, "shipped-grant-or-pw", &idp.issuer());
     if !with_common_stacks(&ps) {
         return;
     }
@@ -792,11 +780,17 @@ fn shipped_grant_or_password_stack_accepts_a_grant_and_otherwise_asks_for_the_pa
     let out = ps.run(&["sudo", "id", "-u"], &with_grant(&g.jwt), None);
     assert_ran(&out, "0\n");
     // Without a grant the password module is asked (no terminal here, so
-    // sudo gives up) and nothing is logged as a grant refusal.
+    // sudo gives up) and nothing is logged as a grant refusal. sudo 1.9
+    // says it needs a password; sudo-rs, whose conversation opens the
+    // terminal for every prompt, that it needs a terminal.
     let before = ps.audit().len();
     let out = ps.run(&["sudo", "id", "-u"], &[], None);
     assert_refused(&out);
-    assert!(out.stderr.contains("password"), "{out}");
+    let asked = match imp {
+        SudoImpl::Ogsudo => "password",
+        SudoImpl::SudoRs => "A terminal is required to authenticate",
+    };
+    assert!(out.stderr.contains(asked), "{}: {out}", imp.label());
     assert_eq!(ps.audit().len(), before);
 }
 
@@ -821,4 +815,172 @@ fn shipped_su_stack_accepts_a_grant_for_the_dash_c_string() {
     );
     assert_ran(&out, "0\n");
     assert_grant_run(&ps, "pam:su-l", &["id -u"]);
+}
+
+// ---------------------------------------------------------------------------
+// The two implementations: which one runs, and where they differ
+// ---------------------------------------------------------------------------
+
+/// The namespace runs the implementation the test names, and the sudoers
+/// of the scenarios parse without a diagnostic under both (sudo-rs knows
+/// fewer Defaults than sudo 1.9 and prints every unknown one).
+fn sudo_in_the_namespace_is_the_expected_implementation(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-which", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let out = ps.run(&["sudo", "-V"], &[], None);
+    assert_eq!(out.code, 0, "{}: {out}", imp.label());
+    let first = out.stdout.lines().next().unwrap_or_default().to_string();
+    match imp {
+        SudoImpl::Ogsudo => assert!(first.starts_with("Sudo version 1.9"), "{out}"),
+        SudoImpl::SudoRs => assert_eq!(
+            first,
+            format!("sudo-rs {}", openape_tests::sudo_ns::SUDO_RS_VERSION.trim()),
+            "{out}"
+        ),
+    }
+    for sudoers_text in [shipped_sudoers(), sudoers(false, true)] {
+        ps.write_sudoers(&sudoers_text);
+        let out = ps.run(&["sudo", "-n", "true"], &[], None);
+        assert_eq!(out.code, 0, "{}: {out}", imp.label());
+        assert_eq!(out.stderr, "", "{}: {out}", imp.label());
+    }
+    ps.write_sudoers(&format!(
+        "{}\n{TEST_USER} ALL=(ALL:ALL) NOPASSWD: /usr/bin/true\n",
+        shipped("sudoers.openape")
+    ));
+    let out = ps.run(&["sudo", "-n", "true"], &[], None);
+    assert_eq!(out.code, 0, "{}: {out}", imp.label());
+    assert_eq!(out.stderr, "", "{}: {out}", imp.label());
+}
+
+/// The `-u` forms the module accepts name the same target under both
+/// implementations: the command runs as that user, and the audit line
+/// says so.
+fn sudo_user_forms_name_the_same_target(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-user-forms", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let nobody_uid = uid_of("nobody");
+    for form in [
+        &["sudo", "-u", "nobody", "id", "-u"][..],
+        &["sudo", "-unobody", "id", "-u"],
+        &["sudo", "-Su", "nobody", "id", "-u"],
+        &["sudo", "--user=nobody", "id", "-u"],
+        &["sudo", "--user", "nobody", "--", "id", "-u"],
+    ] {
+        let mut spec = GrantSpec::new("testhost", &["id", "-u"]);
+        spec.run_as = Some("nobody".to_string());
+        let g = idp.issue(&spec);
+        let out = ps.run(form, &with_grant(&g.jwt), None);
+        assert_eq!(out.code, 0, "{} {form:?}: {out}", imp.label());
+        assert_eq!(out.stdout, nobody_uid, "{} {form:?}: {out}", imp.label());
+        let l = ps.last_audit();
+        assert_eq!(l["event"], "grant_run", "{} {form:?}: {l}", imp.label());
+        assert_eq!(l["run_as"], "nobody", "{} {form:?}: {l}", imp.label());
+        assert_eq!(
+            l["command"],
+            json!(["id", "-u"]),
+            "{} {form:?}: {l}",
+            imp.label()
+        );
+        assert_eq!(idp.consume_count(&g.grant_id), 1);
+    }
+}
+
+/// The uid of `user` in the passwd database.
+fn uid_of(user: &str) -> String {
+    let out = std::process::Command::new("/usr/bin/id")
+        .args(["-u", user])
+        .output()
+        .unwrap_or_else(|e| panic!("id -u {user}: {e}"));
+    assert!(out.status.success(), "id -u {user}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Command lines whose first word makes sudo do something other than run
+/// that word: sudo-rs skips a lone `-` (`sudo - id -u` runs `id -u`), and
+/// both switch to edit mode for `sudo sudoedit FILE`. A grant naming those
+/// words exactly is refused before it is consumed.
+fn sudo_commands_that_switch_sudo_modes_are_refused(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-modes", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["-", "id", "-u"]);
+    let out = ps.run(&["sudo", "-", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    let l = assert_denied(&ps, "pam:sudo", "command");
+    assert!(
+        l["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("starting with -"),
+        "{}: {l}",
+        imp.label()
+    );
+    assert_eq!(idp.consume_count(&g.grant_id), 0, "{}", imp.label());
+    let g = grant(&idp, &["sudoedit", "/etc/hostname"]);
+    let env = [
+        ("OPENAPE_GRANT", g.jwt.as_str()),
+        ("EDITOR", "/usr/bin/true"),
+        ("SUDO_EDITOR", "/usr/bin/true"),
+    ];
+    let out = ps.run(&["sudo", "sudoedit", "/etc/hostname"], &env, None);
+    assert_ne!(out.code, 0, "{}: {out}", imp.label());
+    let l = assert_denied(&ps, "pam:sudo", "command");
+    assert_eq!(
+        l["reason"],
+        "sudoedit is not allowed with grants",
+        "{}: {l}",
+        imp.label()
+    );
+    assert_eq!(idp.consume_count(&g.grant_id), 0, "{}", imp.label());
+    assert_eq!(count(&ps, "grant_run"), 0);
+}
+
+/// PAM_SILENT: sudo 1.9 passes it to every PAM call, so the module's
+/// PAM_ERROR_MSG never reaches the user; sudo-rs passes it when running a
+/// command but not for `-s`/`-i`, where the message shows (as `[sudo
+/// error] OpenApe: ...`; with `-S` on stderr, otherwise on the terminal).
+fn refusal_messages_reach_the_user_only_without_pam_silent(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-silent", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    ps.write_pam("sudo-i", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "-S", "id", "-g"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    assert!(!out.stderr.contains("OpenApe:"), "{}: {out}", imp.label());
+    for argv in [&["sudo", "-S", "-s", "id"][..], &["sudo", "-S", "-i", "id"]] {
+        let out = ps.run(argv, &with_grant(&g.jwt), None);
+        assert_refused(&out);
+        let shown = out.stderr.contains("OpenApe: sudo option -");
+        match imp {
+            SudoImpl::Ogsudo => assert!(!shown, "{argv:?}: {out}"),
+            SudoImpl::SudoRs => assert!(shown, "{argv:?}: {out}"),
+        }
+    }
+    assert_eq!(count(&ps, "grant_run"), 0);
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+}
+
+/// `sudo -n` when the rule needs authentication: neither implementation
+/// calls pam_authenticate, so a grant in the environment is never looked
+/// at. With `Defaults noninteractive_auth` (sudo 1.9.13 here, sudo-rs) both
+/// do, and a grant in the environment works with `-n`; without it agents
+/// use a NOPASSWD rule and the module in the account phase.
+fn sudo_n_never_asks_the_auth_stack(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-n", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let g = grant(&idp, &["id", "-u"]);
+    let out = ps.run(&["sudo", "-n", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_refused(&out);
+    assert!(ps.audit().is_empty(), "{}: {:?}", imp.label(), ps.audit());
+    assert_eq!(idp.consume_count(&g.grant_id), 0);
+    // With noninteractive_auth both run the auth stack under -n, and the
+    // grant from the environment (no prompt: `nonint`) is enough.
+    ps.write_sudoers(&format!(
+        "{}Defaults noninteractive_auth\n",
+        shipped_sudoers()
+    ));
+    let out = ps.run(&["sudo", "-n", "id", "-u"], &with_grant(&g.jwt), None);
+    assert_ran(&out, "0\n");
+    assert_grant_run(&ps, "pam:sudo", &["id", "-u"]);
+    assert_eq!(idp.consume_count(&g.grant_id), 1);
 }
