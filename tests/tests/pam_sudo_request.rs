@@ -390,44 +390,53 @@ fn shipped_request_and_agent_stacks_work_verbatim(imp: SudoImpl) {
 }
 
 /// Without a terminal and without `-S`, sudo 1.9 prints the link on its
-/// stdout and the approved command runs. sudo-rs cannot show the link
-/// (its conversation needs the terminal for every message) and, although
-/// the module accepts the approved grant, fails the authentication
-/// afterwards: nothing runs. Use a terminal or `sudo -S` with sudo-rs.
+/// stdout and the approved command runs. sudo-rs cannot show the link (its
+/// conversation needs the terminal for every message) and would fail the
+/// authentication even after the module accepted an approved grant, so the
+/// module notices the failed message, cancels the request at the IdP and
+/// stays out (PAM_IGNORE): no approval is spent on a run that cannot
+/// happen. Use a terminal or `sudo -S` with sudo-rs.
 fn sudo_rs_without_a_terminal_cannot_show_the_link(imp: SudoImpl) {
     let Some(s) = setup(imp, "sudoreq-notty", SUDO_REQUEST, false) else {
         return;
     };
     let marker = s.ps.out_path("ran");
     let m = marker.to_string_lossy().into_owned();
-    let out = std::thread::scope(|t| {
-        let h = t.spawn(|| s.ps.run(&["sudo", "touch", &m], &[], None));
-        let id = s
-            .idp
-            .wait_for_pending(Duration::from_secs(15))
-            .unwrap_or_else(|| panic!("no pending grant: {:?}", s.idp.requests()));
-        assert!(s.idp.approve(&id, harness::APPROVER));
-        h.join().unwrap()
-    });
     match imp {
         SudoImpl::Ogsudo => {
+            let out = std::thread::scope(|t| {
+                let h = t.spawn(|| s.ps.run(&["sudo", "touch", &m], &[], None));
+                let id = s
+                    .idp
+                    .wait_for_pending(Duration::from_secs(15))
+                    .unwrap_or_else(|| panic!("no pending grant: {:?}", s.idp.requests()));
+                assert!(s.idp.approve(&id, harness::APPROVER));
+                h.join().unwrap()
+            });
             assert_eq!(out.code, 0, "{out}");
             assert!(out.stdout.contains("Approve at: "), "{out}");
             assert!(marker.exists(), "{out}");
         }
         SudoImpl::SudoRs => {
-            eprintln!(
-                "note: {}: no terminal and no -S: the approval link cannot be shown and sudo-rs refuses after the approval; nothing runs",
-                imp.label()
-            );
+            let out = s.ps.run(&["sudo", "touch", &m], &[], None);
             assert_ne!(out.code, 0, "{out}");
-            assert!(
-                out.stderr
-                    .contains("A terminal is required to authenticate"),
-                "{out}"
-            );
-            assert!(!out.stdout.contains("Approve at: "), "{out}");
             assert!(!marker.exists(), "{out}");
+            let ids = s.idp.grant_ids();
+            assert_eq!(ids.len(), 1, "{:?}", s.idp.requests());
+            let (status, by) = s.idp.grant_state(&ids[0]).unwrap();
+            assert_eq!(
+                (status.as_str(), by.as_deref()),
+                ("denied", Some(AGENT)),
+                "the request must be cancelled by its requester"
+            );
+            assert_eq!(s.idp.consume_count(&ids[0]), 0);
+            let l = s.ps.last_audit();
+            assert_eq!(
+                (l["event"].as_str(), l["step"].as_str()),
+                (Some("denied"), Some("request")),
+                "{l}"
+            );
+            assert!(!s.events().iter().any(|e| e == "grant_run"));
         }
     }
 }

@@ -355,14 +355,16 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
     // prompt; the prompt stays the fallback for a caller without identity.
     let token = match find_grant(pamh, &args, served && !args.request) {
         Some(t) => t,
-        None if served && args.request => match request::grant(pamh, &args, &service, flags) {
-            request::Outcome::Token(t) => t,
-            request::Outcome::Skip => match find_grant(pamh, &args, true) {
-                Some(t) => t,
-                None => return PamResultCode::PAM_IGNORE,
-            },
-            request::Outcome::Done(code) => return code,
-        },
+        None if served && args.request => {
+            match request::grant(pamh, &args, &service, flags, request::Phase::Auth) {
+                request::Outcome::Token(t) => t,
+                request::Outcome::Skip => match find_grant(pamh, &args, true) {
+                    Some(t) => t,
+                    None => return PamResultCode::PAM_IGNORE,
+                },
+                request::Outcome::Done(code) => return code,
+            }
+        }
         None => return PamResultCode::PAM_IGNORE,
     };
     accept(pamh, &args, &service, flags, &token)
@@ -535,11 +537,13 @@ fn account(pamh: &mut PamHandle, raw: &[&CStr]) -> PamResultCode {
             // verified and consumed here, for exactly this argv.
             let token = match find_grant(pamh, &args, false) {
                 Some(t) => Some(t),
-                None if args.request => match request::grant(pamh, &args, &service, 0) {
-                    request::Outcome::Token(t) => Some(t),
-                    request::Outcome::Skip => None,
-                    request::Outcome::Done(_) => return PamResultCode::PAM_PERM_DENIED,
-                },
+                None if args.request => {
+                    match request::grant(pamh, &args, &service, 0, request::Phase::Account) {
+                        request::Outcome::Token(t) => Some(t),
+                        request::Outcome::Skip => None,
+                        request::Outcome::Done(_) => return PamResultCode::PAM_PERM_DENIED,
+                    }
+                }
                 None => None,
             };
             match token {

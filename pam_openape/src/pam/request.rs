@@ -38,13 +38,28 @@ pub enum Outcome {
 
 /// One line to the user through the conversation. Informational lines go
 /// out even under PAM_SILENT: the URL is the prompt of this method.
-fn tell(pamh: &PamHandle, style: pam::constants::PamMessageStyle, text: &str) {
-    if let Ok(Some(conv)) = pamh.get_item::<pam::conv::Conv>() {
-        let _ = conv.send(style, text);
+/// `false` when the host could not show it.
+fn tell(pamh: &PamHandle, style: pam::constants::PamMessageStyle, text: &str) -> bool {
+    match pamh.get_item::<pam::conv::Conv>() {
+        Ok(Some(conv)) => conv.send(style, text).is_ok(),
+        _ => false,
     }
 }
 
-pub fn grant(pamh: &mut PamHandle, args: &Args, service: &str, flags: PamFlag) -> Outcome {
+/// Which PAM phase asks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Auth,
+    Account,
+}
+
+pub fn grant(
+    pamh: &mut PamHandle,
+    args: &Args,
+    service: &str,
+    flags: PamFlag,
+    phase: Phase,
+) -> Outcome {
     let (cfg, audit) = match load(pamh, args) {
         Ok(x) => x,
         Err(code) => return Outcome::Done(code),
@@ -188,7 +203,24 @@ pub fn grant(pamh: &mut PamHandle, args: &Args, service: &str, flags: PamFlag) -
                         rec.command, rec.run_as
                     ),
                 );
-                tell(pamh, PAM_TEXT_INFO, &format!("Approve at: {url}"));
+                let shown = tell(pamh, PAM_TEXT_INFO, &format!("Approve at: {url}"));
+                if !shown && phase == Phase::Auth {
+                    // The host cannot show the link (sudo-rs without a
+                    // terminal), and may then fail the authentication even
+                    // after a success: never let an approval be spent on a
+                    // run that will not happen. Cancel and stay out of it.
+                    child.cancel();
+                    let _ = child.next(cfg.http_timeout + Duration::from_secs(1));
+                    child.finish(Duration::ZERO);
+                    rec.grant_id = Some(id);
+                    let d = Denial::new(
+                        Step::Request,
+                        Kind::Refused,
+                        "the host program cannot show the approval link (no terminal?); request cancelled",
+                    );
+                    let _ = refuse(pamh, &audit, rec, flags, &d);
+                    return Outcome::Done(PamResultCode::PAM_IGNORE);
+                }
                 tell(
                     pamh,
                     PAM_TEXT_INFO,
