@@ -548,7 +548,7 @@ impl Config {
             secure_path,
             cache_dir,
             jwks_max_age: i64::from(raw.cache.jwks_max_age.unwrap_or(300)),
-            jwks_min_refresh: i64::from(raw.cache.jwks_min_refresh.unwrap_or(10)),
+            jwks_min_refresh: i64::from(raw.cache.jwks_min_refresh.unwrap_or(20)),
             trusted_owner,
             update_manifest_url: raw.update.manifest_url,
             request,

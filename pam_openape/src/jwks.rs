@@ -2,9 +2,11 @@
 //! issuer's JWKS.
 //!
 //! The hot path makes no request while the cache is fresh. A `kid` the
-//! cache does not know causes one refresh, at most once per
-//! `jwks_min_refresh` seconds, so key rotation at the IdP works without a
-//! restart and a flood of forged `kid`s cannot hammer the IdP. The JWKS is
+//! cache does not know causes one refresh, limited by a small token bucket
+//! per issuer kept in the cache file: [`KID_BURST`] refreshes at once, then
+//! one more per `jwks_min_refresh` seconds. So a key the IdP published a
+//! second ago verifies on its first use, even right after a fetch, while a
+//! flood of made-up `kid`s costs the IdP at most a few requests a minute. The JWKS is
 //! fetched only from `{iss}/.well-known/jwks.json` of an allowlisted issuer;
 //! `jku`, `x5u`, `jwk` and `x5c` headers are never used. Only OKP/Ed25519
 //! keys with exactly 32 bytes of `x` are kept. Cache files are named by the
@@ -95,11 +97,31 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
     Ok(set)
 }
 
+/// Unknown-`kid` refreshes allowed at once (the bucket's size).
+pub const KID_BURST: usize = 3;
+
 #[derive(Serialize, Deserialize)]
 struct CacheFile {
     issuer: String,
     fetched_at: i64,
     keys: Vec<Key>,
+    /// When the recent unknown-`kid` refreshes happened (the bucket).
+    #[serde(default)]
+    kid_refreshes: Vec<i64>,
+}
+
+/// The refreshes of `history` still in the bucket's window at `now`: with
+/// `interval` seconds per token, a refresh stays for `KID_BURST × interval`
+/// seconds, so at most [`KID_BURST`] fit into any window of that length.
+/// Times in the future (clock set back) are kept, so they cannot be used to
+/// empty the bucket.
+fn in_window(history: &[i64], now: i64, interval: i64) -> Vec<i64> {
+    let window = interval.saturating_mul(KID_BURST as i64);
+    history
+        .iter()
+        .copied()
+        .filter(|t| now.saturating_sub(*t) < window)
+        .collect()
 }
 
 /// How the JWKS document is fetched (the real client, or a test double).
@@ -201,6 +223,7 @@ impl<'a> KeyCache<'a> {
         fetch: &dyn Fetch,
         issuer: &str,
         now: i64,
+        kid_refreshes: Vec<i64>,
     ) -> Result<(CacheFile, KeySet), Denial> {
         let url = crate::http::join(issuer, "/.well-known/jwks.json");
         self.fetches += 1;
@@ -212,6 +235,7 @@ impl<'a> KeyCache<'a> {
             issuer: issuer.to_string(),
             fetched_at: now,
             keys: set.keys.clone(),
+            kid_refreshes,
         };
         if let Ok(dir) = self.dir() {
             self.store(&dir, &c);
@@ -232,22 +256,29 @@ impl<'a> KeyCache<'a> {
         let fresh = cached.as_ref().is_some_and(|c| {
             now >= c.fetched_at - 60 && now - c.fetched_at < self.cfg.jwks_max_age
         });
+        let interval = self.cfg.jwks_min_refresh;
+        let mut history = cached
+            .as_ref()
+            .map(|c| in_window(&c.kid_refreshes, now, interval))
+            .unwrap_or_default();
         if let Some(c) = cached.as_ref().filter(|_| fresh) {
             if let Some(k) = c.keys.iter().find(|k| k.kid == kid) {
                 return Ok(k.clone());
             }
-            let age = now - c.fetched_at;
-            if age < self.cfg.jwks_min_refresh {
+            if history.len() >= KID_BURST {
                 return Err(Denial::refused(
                     Step::Key,
                     format!(
-                        "unknown key id {} (the issuer's keys were fetched {age} s ago)",
-                        sanitize(kid, 64)
+                        "unknown key id {} (the issuer's keys were refreshed {} times in the last {} s; no more requests for unknown key ids now)",
+                        sanitize(kid, 64),
+                        history.len(),
+                        interval.saturating_mul(KID_BURST as i64)
                     ),
                 ));
             }
+            history.push(now);
         }
-        let (c, set) = self.refresh(fetch, issuer, now)?;
+        let (c, set) = self.refresh(fetch, issuer, now, history)?;
         if let Some(k) = c.keys.into_iter().find(|k| k.kid == kid) {
             return Ok(k);
         }
@@ -272,6 +303,17 @@ mod tests {
 
     fn x32() -> String {
         URL_SAFE_NO_PAD.encode([7u8; 32])
+    }
+
+    #[test]
+    fn the_kid_bucket_holds_three_per_window() {
+        // interval 20 s: window 60 s.
+        assert_eq!(in_window(&[100, 130, 159], 159, 20), vec![100, 130, 159]);
+        assert_eq!(in_window(&[100, 130, 159], 160, 20), vec![130, 159]);
+        // A clock set back cannot empty the bucket.
+        assert_eq!(in_window(&[500], 160, 20), vec![500]);
+        // 0 turns the limit off.
+        assert!(in_window(&[160], 160, 0).is_empty());
     }
 
     #[test]

@@ -991,6 +991,63 @@ fn key_rotation_is_picked_up_with_one_refresh() {
     assert_eq!(t.sb.last_audit()["event"], "grant_run");
 }
 
+/// DESIGN step 3 / issue 10 item 9, with the shipped refresh limit (not
+/// the suites' `jwks_min_refresh = 0`): a key the IdP published a moment
+/// after a JWKS fetch verifies on its first use.
+#[test]
+fn a_key_published_right_after_a_fetch_verifies_at_once() {
+    let Some(t) = setup("rotation-fresh") else {
+        return;
+    };
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.cache = String::new();
+    let text = cfg.render().replace("jwks_min_refresh = 0\n", "");
+    t.sb.write_config(&text);
+    t.warm_cache();
+    t.idp.rotate_key();
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("m"));
+    assert_eq!(t.jwks_requests(), 2, "one refresh for the new kid");
+}
+
+/// ... and a flood of made-up kids costs the IdP only a few JWKS requests
+/// (burst 3, then one per `jwks_min_refresh` seconds, default 20).
+#[test]
+fn a_flood_of_made_up_kids_costs_only_a_few_jwks_requests() {
+    let Some(t) = setup("rotation-flood") else {
+        return;
+    };
+    let text =
+        t.sb.config(&t.idp.issuer())
+            .render()
+            .replace("jwks_min_refresh = 0\n", "");
+    t.sb.write_config(&text);
+    t.warm_cache();
+    let argv = t.sb.marker_cmd("m");
+    for n in 0..30 {
+        let token = t.idp.sign(
+            serde_json::json!({ "kid": format!("made-up-{n}") }),
+            t.claims(&argv),
+        );
+        let out = t.run(&token, &[], &argv);
+        assert_eq!(out.code, 5, "{out}");
+    }
+    assert!(!t.sb.marker_exists("m"));
+    let jwks = t.jwks_requests();
+    assert!(
+        jwks <= 1 + 3,
+        "{jwks} JWKS requests for 30 made-up kids (warm-up 1, burst 3)"
+    );
+    // The real key still verifies (the bucket limits refreshes, not keys
+    // already known).
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+}
+
 // ---------------------------------------------------------------------------
 // Trust root
 // ---------------------------------------------------------------------------
