@@ -292,20 +292,26 @@ fn issuer_not_allowed_is_refused_before_any_traffic() {
 // 3. key
 // ---------------------------------------------------------------------------
 
+/// An unknown kid with a warm cache costs one refetch while the per-issuer
+/// bucket has tokens (a new key must verify at once), then none: with the
+/// bucket spent (3 refreshes in the window) it is refused without asking.
 #[test]
-fn unknown_kid_with_a_warm_cache_is_refused_without_a_refetch() {
+fn unknown_kid_with_a_warm_cache_refetches_only_while_the_bucket_lasts() {
     let Some(t) = setup("key-kid") else { return };
     let mut cfg = t.sb.config(&t.idp.issuer());
     cfg.jwks_min_refresh = 3600;
     t.sb.write_config(&cfg.render());
     t.warm_cache();
     let argv = t.sb.marker_cmd("m");
-    let tok = t
-        .idp
-        .sign(json!({"kid": "e2e-unknown-kid"}), t.claims(&argv));
-    let out = t.run(&tok, &[], &argv);
-    t.assert_denied(&out, 5, "key", "m");
-    assert_eq!(t.jwks_requests(), 1, "refetched within jwks_min_refresh");
+    for n in 1..=5 {
+        let tok = t.idp.sign(
+            json!({"kid": format!("e2e-unknown-kid-{n}")}),
+            t.claims(&argv),
+        );
+        let out = t.run(&tok, &[], &argv);
+        t.assert_denied(&out, 5, "key", "m");
+        assert_eq!(t.jwks_requests(), 1 + n.min(3), "after {n} unknown kids");
+    }
     assert_eq!(t.consume_requests(), 1, "only the warm-up consumed");
 }
 

@@ -143,7 +143,63 @@ against_both_sudos!(
     two_waits_at_once_each_run_only_their_own_command,
     ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing,
     shipped_request_and_agent_stacks_work_verbatim,
+    sudo_deadline_cancels_the_request_and_runs_nothing,
 );
+
+/// Nobody decides: at `request_timeout` the request is cancelled at the
+/// IdP by its requester, sudo refuses (the stack falls through to
+/// pam_deny), nothing runs, nothing is consumed.
+fn sudo_deadline_cancels_the_request_and_runs_nothing(imp: SudoImpl) {
+    let stack = SUDO_REQUEST.replace("request\n", "request request_timeout=2\n");
+    let Some(s) = setup(imp, "sudoreq-deadline", &stack, false) else {
+        return;
+    };
+    let marker = s.ps.out_path("ran");
+    let m = marker.to_string_lossy().into_owned();
+    let out = s.ps.run(&s.argv(&["sudo", "touch", &m]), &[], None);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(!marker.exists());
+    let ids = s.idp.grant_ids();
+    assert_eq!(ids.len(), 1, "{:?}", s.idp.requests());
+    let (status, by) = s.idp.grant_state(&ids[0]).unwrap();
+    assert_eq!((status.as_str(), by.as_deref()), ("denied", Some(AGENT)));
+    assert_eq!(s.idp.consume_count(&ids[0]), 0);
+    let l = s.ps.last_audit();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("request")),
+        "{l}"
+    );
+}
+
+/// Real util-linux su in request mode: `su - -c STRING root` (service
+/// su-l) asks for a grant for exactly that string as root, waits, runs it.
+#[test]
+fn su_login_asks_for_the_dash_c_string_and_runs_it() {
+    if !require_root() {
+        return;
+    }
+    let Some(s) = setup(SudoImpl::Ogsudo, "sureq", SUDO_REQUEST, false) else {
+        return;
+    };
+    let su_stack = "#%PAM-1.0\nauth sufficient @SO@ config=@CFG@ request nonint\nauth required pam_deny.so\naccount required pam_permit.so\nsession required pam_permit.so\n";
+    s.ps.write_pam("su-l", su_stack);
+    let out = std::thread::scope(|t| {
+        let h = t.spawn(|| s.ps.run(&["su", "-", "-c", "id -u", "root"], &[], None));
+        let id = s
+            .idp
+            .wait_for_pending(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("no pending grant: {:?}", s.idp.requests()));
+        assert!(s.idp.approve(&id, harness::APPROVER));
+        h.join().unwrap()
+    });
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.lines().any(|l| l == "0"), "{out}");
+    let l = s.ps.last_audit();
+    assert_eq!(l["event"], "grant_run", "{l}");
+    assert_eq!(l["command"], serde_json::json!(["id -u"]));
+    assert_eq!(l["via"], "pam:su-l");
+}
 
 fn sudo_shows_the_link_waits_and_runs_the_approved_command(imp: SudoImpl) {
     let Some(s) = setup(imp, "sudoreq-ok", SUDO_REQUEST, false) else {
