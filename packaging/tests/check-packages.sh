@@ -83,6 +83,7 @@ eq "deb: exact file list with owners and modes (escapes -rwsr-xr-x 0/0)" "$(LC_A
 -rw-r--r-- 0/0 ./etc/logrotate.d/openape
 -rw-r--r-- 0/0 ./usr/lib/tmpfiles.d/openape.conf
 -rw-r--r-- 0/0 ./usr/share/pam-configs/openape
+-rw-r--r-- 0/0 ./usr/share/pam-configs/openape-request
 -rw-r--r-- 0/0 ./usr/share/man/man8/escapes.8.gz
 -rw-r--r-- 0/0 ./usr/share/man/man8/pam_openape.8.gz
 -rw-r--r-- 0/0 ./usr/share/man/man5/openape.toml.5.gz
@@ -112,6 +113,8 @@ cond "deb: the module is not a fault-injection build" '! grep -q fault_panic "$X
 t "deb: config.toml is packaging/config.toml" cmp "$X/etc/openape/config.toml" packaging/config.toml
 t "deb: pam-auth-update profile is pam.d/pam-auth-update.openape" cmp "$X/usr/share/pam-configs/openape" pam.d/pam-auth-update.openape
 t "deb: pam-auth-update profile is off by default (Default: no)" grep -qx 'Default: no' "$X/usr/share/pam-configs/openape"
+t "deb: request profile is pam.d/pam-auth-update.openape-request" cmp "$X/usr/share/pam-configs/openape-request" pam.d/pam-auth-update.openape-request
+t "deb: request profile is off by default and excludes the plain one" sh -c "grep -qx 'Default: no' '$X/usr/share/pam-configs/openape-request' && grep -qx 'Conflicts: openape' '$X/usr/share/pam-configs/openape-request'"
 for m in man8/escapes.8 man8/pam_openape.8 man5/openape.toml.5; do
 	t "deb: $m.gz is packaging/man/${m#*/}" cmp <(gzip -dc "$X/usr/share/man/$m.gz") "packaging/man/${m#*/}"
 	warn=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l "$X/usr/share/man/$m.gz" 2>&1 >/dev/null)
