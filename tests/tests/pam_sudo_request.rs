@@ -135,6 +135,125 @@ impl S {
     }
 }
 
+/// The test user's shell in tmux, inside the sandbox's namespaces (config,
+/// home, PAM stacks, sudoers, the chosen sudo): a real terminal.
+struct Terminal {
+    session: String,
+}
+
+impl Terminal {
+    fn start(s: &S) -> Option<Terminal> {
+        if !std::path::Path::new("/usr/bin/tmux").exists() {
+            eprintln!("skipped: tmux is not installed (scripts/setup.sh installs it)");
+            return None;
+        }
+        let mounts: Vec<String> = s.ps.mounts().lines().map(str::to_string).collect();
+        let inner = format!(
+            "{} && exec setpriv --reuid={u} --regid={u} --init-groups -- /bin/sh",
+            mounts.join(" && "),
+            u = TEST_USER
+        );
+        let t = Terminal {
+            session: format!(
+                "openape-{}",
+                s.ps.sb
+                    .root()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+        };
+        let started = t.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &t.session,
+            "-x",
+            "200",
+            "-y",
+            "40",
+            &format!("{} /bin/sh -c \"{inner}\"", s.ps.sb.config_ns_shell()),
+        ]);
+        assert_eq!(started.code, 0, "{started}");
+        Some(t)
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        openape_tests::harness::Run::new("/usr/bin/tmux")
+            .args(args)
+            .output()
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", &self.session])
+            .stdout
+    }
+
+    fn wait_for(&self, needle: &str) -> bool {
+        for _ in 0..200 {
+            if self.screen().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn type_line(&self, line: &str) {
+        self.tmux(&["send-keys", "-t", &self.session, line, "Enter"]);
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-session", "-t", &self.session]);
+    }
+}
+
+/// On a real terminal: `sudo CMD` shows the link, the approver says yes,
+/// the command runs; a denied one does not; and the `sudo -n` agent setup
+/// the same way.
+fn on_a_terminal_approve_deny_and_the_agent_path(imp: SudoImpl) {
+    for (stack, nopasswd, sudo) in [(SUDO_REQUEST, false, "sudo"), (SUDO_AGENT, true, "sudo -n")] {
+        let Some(s) = setup(imp, "sudoreq-tty", stack, nopasswd) else {
+            return;
+        };
+        let Some(term) = Terminal::start(&s) else {
+            return;
+        };
+        for approve in [true, false] {
+            let marker = s.ps.out_path(if approve { "yes" } else { "no" });
+            term.type_line(&format!("{sudo} touch {}; echo rc=$?", marker.display()));
+            assert!(
+                term.wait_for("Approve at:"),
+                "{sudo}: no link:\n{}",
+                term.screen()
+            );
+            let id = s.idp.wait_for_pending(Duration::from_secs(5)).unwrap();
+            if approve {
+                assert!(s.idp.approve(&id, harness::APPROVER));
+                assert!(term.wait_for("rc=0"), "{sudo}:\n{}", term.screen());
+                assert!(marker.exists(), "{sudo}:\n{}", term.screen());
+            } else {
+                assert!(s.idp.deny(&id, harness::APPROVER));
+                let mut done = false;
+                for _ in 0..200 {
+                    let text = term.screen();
+                    if text.lines().any(|l| l.starts_with("rc=") && l != "rc=0") {
+                        done = true;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                assert!(done, "{sudo}: not refused:\n{}", term.screen());
+                assert!(!marker.exists());
+            }
+        }
+        let runs = s.events().iter().filter(|e| *e == "grant_run").count();
+        assert_eq!(runs, 1, "{sudo}");
+    }
+}
+
 against_both_sudos!(
     sudo_rs_without_a_terminal_cannot_show_the_link,
     sudo_shows_the_link_waits_and_runs_the_approved_command,
@@ -144,6 +263,7 @@ against_both_sudos!(
     ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing,
     shipped_request_and_agent_stacks_work_verbatim,
     sudo_deadline_cancels_the_request_and_runs_nothing,
+    on_a_terminal_approve_deny_and_the_agent_path,
 );
 
 /// Nobody decides: at `request_timeout` the request is cancelled at the
@@ -326,45 +446,13 @@ fn ctrl_c_while_sudo_waits_cancels_the_request_and_runs_nothing(imp: SudoImpl) {
     let Some(s) = setup(imp, "sudoreq-ctrlc", SUDO_REQUEST, false) else {
         return;
     };
-    if !std::path::Path::new("/usr/bin/tmux").exists() {
-        eprintln!("skipped: tmux is not installed (scripts/setup.sh installs it)");
+    let Some(term) = Terminal::start(&s) else {
         return;
-    }
-    let sb = &s.ps.sb;
-    let mounts: Vec<String> = s.ps.mounts().lines().map(str::to_string).collect();
-    let inner = format!(
-        "{} && exec setpriv --reuid={u} --regid={u} --init-groups -- /bin/sh",
-        mounts.join(" && "),
-        u = TEST_USER
-    );
-    let session = format!("openape-sudoreq-{}-{imp:?}", std::process::id());
-    let tmux = |args: &[&str]| {
-        openape_tests::harness::Run::new("/usr/bin/tmux")
-            .args(args)
-            .output()
     };
-    let started = tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "200",
-        "-y",
-        "40",
-        &format!("{} /bin/sh -c \"{inner}\"", sb.config_ns_shell()),
-    ]);
-    assert_eq!(started.code, 0, "{started}");
-    let screen = || tmux(&["capture-pane", "-p", "-t", &session]).stdout;
-    let wait_for = |needle: &str| {
-        for _ in 0..200 {
-            if screen().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    };
+    let tmux = |args: &[&str]| term.tmux(args);
+    let session = term.session.clone();
+    let screen = || term.screen();
+    let wait_for = |needle: &str| term.wait_for(needle);
     let marker = s.ps.out_path("ran");
     tmux(&[
         "send-keys",
