@@ -192,7 +192,9 @@ pub struct Config {
     pub secure_path: Vec<PathBuf>,
     pub cache_dir: PathBuf,
     pub jwks_max_age: i64,
-    /// Minimum seconds between two JWKS refreshes caused by an unknown `kid`.
+    /// Seconds per JWKS refresh token: each issuer may refresh
+    /// `jwks::REFRESH_BURST` times in a row, then once per this many
+    /// seconds (0: no limit, for tests).
     pub jwks_min_refresh: i64,
     /// Owner every trusted file must have (0 in production).
     pub trusted_owner: u32,
@@ -548,7 +550,7 @@ impl Config {
             secure_path,
             cache_dir,
             jwks_max_age: i64::from(raw.cache.jwks_max_age.unwrap_or(300)),
-            jwks_min_refresh: i64::from(raw.cache.jwks_min_refresh.unwrap_or(10)),
+            jwks_min_refresh: i64::from(raw.cache.jwks_min_refresh.unwrap_or(20)),
             trusted_owner,
             update_manifest_url: raw.update.manifest_url,
             request,

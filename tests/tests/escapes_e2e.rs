@@ -292,21 +292,69 @@ fn issuer_not_allowed_is_refused_before_any_traffic() {
 // 3. key
 // ---------------------------------------------------------------------------
 
-#[test]
-fn unknown_kid_with_a_warm_cache_is_refused_without_a_refetch() {
-    let Some(t) = setup("key-kid") else { return };
+/// The shipped refresh limit (`jwks_min_refresh` default: a bucket of
+/// `REFRESH_BURST` fetches, one more per 20 s), not the harness's 0.
+fn with_shipped_refresh_limit(t: &T) {
     let mut cfg = t.sb.config(&t.idp.issuer());
-    cfg.jwks_min_refresh = 3600;
+    cfg.jwks_min_refresh = 20;
     t.sb.write_config(&cfg.render());
+}
+
+#[test]
+fn made_up_kid_flood_costs_the_idp_a_few_jwks_requests() {
+    let Some(t) = setup("key-kid-flood") else {
+        return;
+    };
+    with_shipped_refresh_limit(&t);
     t.warm_cache();
     let argv = t.sb.marker_cmd("m");
-    let tok = t
-        .idp
-        .sign(json!({"kid": "e2e-unknown-kid"}), t.claims(&argv));
-    let out = t.run(&tok, &[], &argv);
-    t.assert_denied(&out, 5, "key", "m");
-    assert_eq!(t.jwks_requests(), 1, "refetched within jwks_min_refresh");
+    for i in 0..100 {
+        let tok = t
+            .idp
+            .sign(json!({"kid": format!("made-up-{i}")}), t.claims(&argv));
+        let out = t.run(&tok, &[], &argv);
+        t.assert_denied(&out, 5, "key", "m");
+    }
+    let bound = 1 + pam_openape::jwks::REFRESH_BURST as usize;
+    assert!(
+        t.jwks_requests() <= bound,
+        "{} JWKS requests for 100 made-up kids (bound {bound})",
+        t.jwks_requests()
+    );
     assert_eq!(t.consume_requests(), 1, "only the warm-up consumed");
+    // Known keys keep working from the cache, without a request.
+    let before = t.jwks_requests();
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(t.jwks_requests(), before);
+}
+
+#[test]
+fn made_up_kid_flood_against_a_failing_jwks_endpoint_is_bounded_too() {
+    let Some(t) = setup("key-kid-flood-5xx") else {
+        return;
+    };
+    with_shipped_refresh_limit(&t);
+    // Nothing cached and every JWKS fetch fails: each attempt would
+    // otherwise ask again.
+    t.idp
+        .set_fault_for("/.well-known/jwks.json", Fault::Status(503));
+    let argv = t.sb.marker_cmd("m");
+    for i in 0..30 {
+        let tok = t
+            .idp
+            .sign(json!({"kid": format!("made-up-{i}")}), t.claims(&argv));
+        let out = t.run(&tok, &[], &argv);
+        t.assert_denied(&out, 1, "key", "m");
+    }
+    let bound = pam_openape::jwks::REFRESH_BURST as usize;
+    assert!(
+        t.jwks_requests() <= bound,
+        "{} JWKS requests from 30 runs against a failing endpoint (bound {bound})",
+        t.jwks_requests()
+    );
+    assert_eq!(t.consume_requests(), 0);
 }
 
 // ---------------------------------------------------------------------------
@@ -976,10 +1024,13 @@ fn timed_grant_works_twice_with_one_consume_each_and_a_warm_cache() {
 }
 
 #[test]
-fn key_rotation_is_picked_up_with_one_refresh() {
+fn key_rotation_verifies_on_first_use_right_after_a_fetch() {
     let Some(t) = setup("rotation") else { return };
+    with_shipped_refresh_limit(&t);
     t.warm_cache();
     let old_kid = t.idp.kid();
+    // The IdP publishes a new key a moment after our fetch, and the
+    // approver's grant is signed with it at once.
     t.idp.rotate_key();
     assert_ne!(t.idp.kid(), old_kid);
     let argv = t.sb.marker_cmd("m");
