@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the build, the demo and the tests need.
-# Idempotent: apt runs only when something is missing. Needs root.
+# Idempotent: apt runs only when something is missing. Needs root for apt;
+# cargo-deny is installed for the user running it (cargo install).
 set -euo pipefail
 
 need=()
@@ -28,4 +29,12 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# cargo-deny for `make deny` (part of `make test`), from crates.io when
+# missing. Building it takes a few minutes (about 7 on two busy cores).
+CARGO=${CARGO:-cargo}
+if ! "$CARGO" deny --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deny (cargo install --locked cargo-deny; builds for a few minutes)"
+  "$CARGO" install --locked cargo-deny
 fi
