@@ -168,7 +168,10 @@ pub fn sign(header_json: &[u8], payload_json: &[u8]) -> Option<String> {
         URL_SAFE_NO_PAD.encode(payload_json)
     );
     let sig = key.sign(input.as_bytes());
-    Some(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes())))
+    Some(format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(sig.to_bytes())
+    ))
 }
 
 /// Claims of a grant that passes every check of the fuzzing configuration

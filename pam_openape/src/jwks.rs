@@ -206,7 +206,9 @@ enum Stored {
     /// damaged, so a refresh becomes possible at most one interval after
     /// the damage (at once if the time is in the future, see [`Bucket`])
     /// and then rewrites the file; never a lockout.
-    Damaged { since: i64 },
+    Damaged {
+        since: i64,
+    },
     Good(CacheFile),
 }
 
@@ -310,7 +312,8 @@ impl<'a> KeyCache<'a> {
         let parsed = trust::open_in_trusted_dir(&path, self.cfg.trusted_owner)
             .ok()
             .and_then(|file| {
-                let mut buf = Vec::new();
+                // Sized from the inode: one read, not a doubling series.
+                let mut buf = Vec::with_capacity(trust::read_capacity(meta.len()));
                 file.take(trust::MAX_TRUSTED_FILE)
                     .read_to_end(&mut buf)
                     .ok()?;
@@ -498,8 +501,7 @@ mod tests {
         let x = x32();
         assert!(ed25519_key(&format!("{x}=")).is_none());
         // 32 bytes are 43 characters; the last one carries 2 unused bits.
-        const ALPHABET: &[u8] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let last = x.bytes().last().unwrap_or(b'A');
         let i = ALPHABET.iter().position(|&c| c == last).unwrap_or(0);
         let mut bad = x.clone();
@@ -545,7 +547,13 @@ mod tests {
         assert_eq!(b.take(1000, every), Err(20));
         assert_eq!(b.take(1019, every), Err(1));
         let after = b.take(1020, every);
-        assert_eq!(after, Ok(Bucket { tokens: 0, at: 1020 }));
+        assert_eq!(
+            after,
+            Ok(Bucket {
+                tokens: 0,
+                at: 1020
+            })
+        );
         // Long idle: back to a full burst, never more.
         assert_eq!(
             b.take(1_000_000, every),
@@ -555,7 +563,14 @@ mod tests {
             })
         );
         // No limit configured.
-        assert!(Bucket { tokens: 0, at: 1000 }.take(1000, 0).is_ok());
+        assert!(
+            Bucket {
+                tokens: 0,
+                at: 1000
+            }
+            .take(1000, 0)
+            .is_ok()
+        );
     }
 
     #[test]
@@ -568,7 +583,13 @@ mod tests {
             at: i64::MAX,
         };
         let repaired = future.take(1000, 20);
-        assert_eq!(repaired, Ok(Bucket { tokens: 0, at: 1000 }));
+        assert_eq!(
+            repaired,
+            Ok(Bucket {
+                tokens: 0,
+                at: 1000
+            })
+        );
         assert_eq!(repaired.map(|b| b.take(1001, 20)), Ok(Err(19)));
         // More tokens than the burst count as the burst.
         let many = Bucket {

@@ -447,12 +447,15 @@ mod tests {
         // Strict base64url of exactly 64 bytes.
         assert!(!signature_is_valid(&vk, input, &format!("{sig}==")));
         assert!(!signature_is_valid(&vk, input, &sig.replace('-', "+")) || !sig.contains('-'));
-        assert!(!signature_is_valid(&vk, input, sig.get(..85).unwrap_or_default()));
+        assert!(!signature_is_valid(
+            &vk,
+            input,
+            sig.get(..85).unwrap_or_default()
+        ));
         assert!(!signature_is_valid(&vk, input, &format!("{sig}AA")));
         assert!(!signature_is_valid(&vk, input, ""));
         // 64 bytes are 86 characters; the last one has 4 unused bits.
-        const ALPHABET: &[u8] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut loose = sig.clone();
         let last = loose.pop().map_or(b'A', |c| c as u8);
         let i = ALPHABET.iter().position(|&c| c == last).unwrap_or(0);
@@ -479,7 +482,11 @@ mod tests {
                 carry = sum >> 8;
             }
         }
-        assert!(!signature_is_valid(&vk, input, &URL_SAFE_NO_PAD.encode(&raw)));
+        assert!(!signature_is_valid(
+            &vk,
+            input,
+            &URL_SAFE_NO_PAD.encode(&raw)
+        ));
         // A small-order key (the identity point) with R = identity, S = 0
         // "verifies" every message under a lax verifier.
         let mut identity = [0u8; 32];
@@ -499,6 +506,121 @@ mod tests {
             assert!(!signature_is_valid(&weak, input, &universal));
         }
         assert!(ed25519_key(&URL_SAFE_NO_PAD.encode(identity)).is_none());
+    }
+
+    /// The whole chain (steps 1–11) on a grant signed here, with a JWKS
+    /// served from memory and the cache in a trusted temporary directory.
+    struct Chain {
+        cfg: Config,
+        key: SigningKey,
+        _dir: crate::testutil::TempDir,
+    }
+
+    struct Jwks(String);
+
+    impl Fetch for Jwks {
+        fn fetch(&self, _url: &str) -> Result<Vec<u8>, String> {
+            Ok(self.0.clone().into_bytes())
+        }
+    }
+
+    const ISS: &str = "https://id.example";
+
+    impl Chain {
+        fn new(security: &str) -> Option<Chain> {
+            let dir = crate::testutil::TempDir::trusted("verify-chain")?;
+            let text = format!(
+                "host = \"h\"\n[security]\nallowed_issuers = [\"{ISS}\"]\nallowed_approvers = [\"alice@x\"]\n{security}\n"
+            );
+            let mut cfg =
+                Config::parse(std::path::Path::new("/etc/openape/config.toml"), &text, 0).ok()?;
+            cfg.cache_dir = dir.path().to_path_buf();
+            cfg.trusted_owner = crate::testutil::me();
+            Some(Chain {
+                cfg,
+                key: SigningKey::from_bytes(&[5u8; 32]),
+                _dir: dir,
+            })
+        }
+
+        fn check(&self, claims: serde_json::Value, argv: &[&str]) -> Result<Verified, Denial> {
+            let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#);
+            let p = URL_SAFE_NO_PAD.encode(claims.to_string());
+            let sig = self.key.sign(format!("{h}.{p}").as_bytes());
+            let token = format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+            let x = URL_SAFE_NO_PAD.encode(self.key.verifying_key().to_bytes());
+            let jwks = Jwks(
+                serde_json::json!({"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":x}]})
+                    .to_string(),
+            );
+            let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+            let req = Request {
+                caller: "deploy",
+                target_user: Some("root"),
+                argv: Some(&argv),
+            };
+            let mut keys = KeyCache::new(&self.cfg);
+            check(
+                &token,
+                &req,
+                &self.cfg,
+                &mut keys,
+                &jwks,
+                1000,
+                &mut |_, _| {},
+            )
+        }
+    }
+
+    fn grant(binding: serde_json::Value) -> serde_json::Value {
+        let mut c = serde_json::json!({"iss":ISS,"sub":"agent@x","aud":"escapes","exp":1200,"iat":990,
+            "grant_id":"g1","grant_type":"once","target_host":"h","decided_by":"alice@x"});
+        if let (Some(c), Some(b)) = (c.as_object_mut(), binding.as_object()) {
+            c.extend(b.clone());
+        }
+        c
+    }
+
+    fn hash(argv: &[&str]) -> String {
+        command::cmd_hash(&argv.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn chain_refuses_cmd_hash_alone_unless_allowed() {
+        let Some(chain) = Chain::new("") else { return };
+        let step = |r: Result<Verified, Denial>| r.err().map(|d| d.step);
+        // The control: a grant with `command` passes.
+        let ok = chain.check(
+            grant(serde_json::json!({"command":["id","-u"]})),
+            &["id", "-u"],
+        );
+        assert_eq!(ok.map(|v| v.matched), Ok(Some(Matched::Argv)));
+        // cmd_hash alone: refused at step `command` by default.
+        let only = grant(serde_json::json!({"cmd_hash": hash(&["id", "-u"])}));
+        assert_eq!(
+            step(chain.check(only.clone(), &["id", "-u"])),
+            Some(Step::Command)
+        );
+        // cmd_hash beside command must agree.
+        let both = grant(serde_json::json!({"command":["id","-u"],"cmd_hash": hash(&["id"])}));
+        assert_eq!(step(chain.check(both, &["id", "-u"])), Some(Step::Command));
+
+        let Some(allowed) = Chain::new("allow_cmd_hash_only = true") else {
+            return;
+        };
+        let ok = allowed.check(only, &["id", "-u"]);
+        assert_eq!(ok.map(|v| v.matched), Ok(Some(Matched::CmdHash)));
+        // Allowed, but never for an argv the space join can confuse.
+        let spaced = grant(serde_json::json!({"cmd_hash": hash(&["echo", "a b"])}));
+        assert_eq!(
+            step(allowed.check(spaced, &["echo", "a b"])),
+            Some(Step::Command)
+        );
+        let empty = grant(serde_json::json!({"cmd_hash": hash(&["echo", ""])}));
+        assert_eq!(
+            step(allowed.check(empty, &["echo", ""])),
+            Some(Step::Command)
+        );
     }
 
     #[test]

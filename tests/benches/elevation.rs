@@ -276,11 +276,7 @@ fn main() {
         }
         t_sudo.push(time(as_user(&tu.name, &[], &["sudo", "-n", "true"])));
     }
-    let (tt, te, ts_) = (
-        median(&mut t_true),
-        median(&mut t_esc),
-        median(&mut t_sudo),
-    );
+    let (tt, te, ts_) = (median(&mut t_true), median(&mut t_esc), median(&mut t_sudo));
     println!("IdP consume answering after 2 ms, median of {RUNS} interleaved runs:");
     println!("  /bin/true                      {tt:7.3} ms");
     println!("  escapes (timed grant) -- true  {te:7.3} ms");
