@@ -4,7 +4,7 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all setup build release demo test lint unit e2e bench fuzz clean
+.PHONY: all setup build release demo test lint deny unit e2e bench fuzz clean
 
 all: build
 
@@ -24,14 +24,26 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Everything CI runs: formatting, lints, unit tests, end-to-end suites,
-# then the package checks (make package-test, below).
+# What may enter the dependency tree (deny.toml): licenses, banned crates
+# (a JWT library, RSA, ECDSA, OpenSSL), crate sources. Offline: only this
+# host's platform (crates other platforms use need not be on disk), and the
+# advisory check (its database comes from the network) is not run here.
+HOST_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+# cargo-deny from crates.io when missing (builds for about 7 minutes on
+# two cores, once per machine).
+deny: setup
+	@$(CARGO) deny --version >/dev/null 2>&1 || { echo "deny: installing cargo-deny (cargo install --locked cargo-deny; a few minutes)"; $(CARGO) install --locked cargo-deny; }
+	$(CARGO) deny --offline --locked --all-features --target $(HOST_TRIPLE) \
+	  check licenses bans sources
+
+# Everything CI runs: formatting, lints, the dependency check, unit tests,
+# end-to-end suites, then the package checks (make package-test, below).
 # The end-to-end suites need root (setuid binary, test users, mount
 # namespaces); run as another user they report themselves skipped.
 # scripts/sudo-rs.sh builds the pinned sudo-rs for the real-sudo suites
 # once (cargo install from crates.io, about half a minute on 2 cores) and
 # reuses it afterwards.
-test: build lint
+test: build lint deny
 	CARGO="$(CARGO)" ./scripts/sudo-rs.sh
 	$(CARGO) test --workspace --no-fail-fast
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) package-test; else echo "skipped: the package checks need root"; fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the build, the demo and the tests need.
-# Idempotent: apt runs only when something is missing. Needs root.
+# Idempotent: apt runs only when something is missing. Needs root for apt.
+# (`make deny` installs cargo-deny itself, so `make demo` stays quick.)
 set -euo pipefail
 
 need=()
@@ -29,3 +30,4 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+

@@ -110,6 +110,16 @@ dpkg-deb -x "$DEB" "$X"
 t "deb: escapes is the release build" cmp "$X/usr/bin/escapes" "$T/release/escapes"
 t "deb: pam_openape.so is the release build" cmp "$X/lib/x86_64-linux-gnu/security/pam_openape.so" "$T/release/libpam_openape.so"
 cond "deb: the module is not a fault-injection build" '! grep -q fault_panic "$X/lib/x86_64-linux-gnu/security/pam_openape.so"'
+# The fuzz harness (feature `fuzzing`) and its public test signing key: its
+# issuer, the key's public half, the first bytes of its seed.
+has_fuzz_harness() {
+	LC_ALL=C grep -aqF -e 'fuzz.openape.invalid' -e 'aWHl9G3AyL4RDuiajxM5jiLqgN23Ge0fdiyuCnLQcDY' "$1" ||
+		LC_ALL=C grep -aqP '\x80\xe2\x2b\xa7\x61\x8a\x9e\xee' "$1"
+}
+cond "deb: neither escapes nor pam_openape.so contains the fuzz harness" \
+	'! has_fuzz_harness "$X/usr/bin/escapes" && ! has_fuzz_harness "$X/lib/x86_64-linux-gnu/security/pam_openape.so"'
+cond "release build (make pkg-build): the fuzzing feature is not enabled" \
+	'! "${CARGO:-cargo}" tree --offline -p escapes -p pam_openape -e normal,build,features | grep -q "pam_openape feature \"fuzzing\""'
 t "deb: config.toml is packaging/config.toml" cmp "$X/etc/openape/config.toml" packaging/config.toml
 t "deb: pam-auth-update profile is pam.d/pam-auth-update.openape" cmp "$X/usr/share/pam-configs/openape" pam.d/pam-auth-update.openape
 t "deb: pam-auth-update profile is off by default (Default: no)" grep -qx 'Default: no' "$X/usr/share/pam-configs/openape"

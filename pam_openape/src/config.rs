@@ -192,7 +192,9 @@ pub struct Config {
     pub secure_path: Vec<PathBuf>,
     pub cache_dir: PathBuf,
     pub jwks_max_age: i64,
-    /// Minimum seconds between two JWKS refreshes caused by an unknown `kid`.
+    /// Seconds per JWKS refresh token: each issuer may refresh
+    /// `jwks::REFRESH_BURST` times in a row, then once per this many
+    /// seconds (0: no limit, for tests).
     pub jwks_min_refresh: i64,
     /// Owner every trusted file must have (0 in production).
     pub trusted_owner: u32,

@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use ed25519_dalek::{Signer as _, SigningKey};
 
 use crate::command::{self, Matched};
 use crate::config::{self, Config};
@@ -75,10 +75,6 @@ pub const ARGV: [&str; 3] = ["systemctl", "restart", "nginx"];
 const SEED: [u8; 32] = [
     0x80, 0xe2, 0x2b, 0xa7, 0x61, 0x8a, 0x9e, 0xee, 0xaa, 0xb0, 0x57, 0xa7, 0xc3, 0xe4, 0x42, 0xaa,
     0xb5, 0xf8, 0x1e, 0xd9, 0xf8, 0x0a, 0x27, 0x89, 0x9d, 0xad, 0x89, 0x26, 0x10, 0xb9, 0xa9, 0x7e,
-];
-/// PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410).
-const PKCS8_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
 /// The configuration every `token` and `idp_responses` check runs against.
@@ -165,19 +161,17 @@ pub fn fuzz_config() -> Option<&'static Config> {
 /// signature verifies against [`X`]. Used for claims-mode inputs and to
 /// write the seed corpus.
 pub fn sign(header_json: &[u8], payload_json: &[u8]) -> Option<String> {
-    static KEY: OnceLock<EncodingKey> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        let mut der = PKCS8_PREFIX.to_vec();
-        der.extend_from_slice(&SEED);
-        EncodingKey::from_ed_der(&der)
-    });
+    let key = SigningKey::from_bytes(&SEED);
     let input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header_json),
         URL_SAFE_NO_PAD.encode(payload_json)
     );
-    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), key, Algorithm::EdDSA).ok()?;
-    Some(format!("{input}.{sig}"))
+    let sig = key.sign(input.as_bytes());
+    Some(format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(sig.to_bytes())
+    ))
 }
 
 /// Claims of a grant that passes every check of the fuzzing configuration
@@ -967,8 +961,14 @@ fn jwks_answer(body: &[u8]) {
                 raw.len()
             );
             // What step 4 does with a key: must not panic, whatever the bytes.
-            if let Ok(dk) = DecodingKey::from_ed_components(&k.x) {
-                let _ = jsonwebtoken::crypto::verify("c2ln", b"a.b", &dk, Algorithm::EdDSA);
+            let vk = jwks::ed25519_key(&k.x);
+            assert!(
+                vk.is_some(),
+                "key {:?} kept although it is no usable Ed25519 key",
+                k.kid
+            );
+            if let Some(vk) = vk {
+                let _ = verify::signature_is_valid(&vk, "a.b", "c2ln");
             }
         }
         kids.extend(set.keys.iter().take(4).map(|k| k.kid.clone()));

@@ -10,6 +10,10 @@ pub mod audit;
 pub mod command;
 pub mod config;
 pub mod error;
+/// The fuzz harness (a fixed, public test signing key and a configuration
+/// that trusts it): built only with the non-default `fuzzing` feature, for
+/// the fuzz crate and the corpus replay, never into a shipped binary.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -127,10 +127,17 @@ pub fn open_in_trusted_dir(path: &Path, owner: u32) -> Result<File, Untrusted> {
     Ok(file)
 }
 
+/// Buffer size for reading a trusted file of `len` bytes in one `read`
+/// (plus the one that sees the end), never more than the cap allows.
+pub fn read_capacity(len: u64) -> usize {
+    usize::try_from(len.min(MAX_TRUSTED_FILE).saturating_add(1)).unwrap_or(0)
+}
+
 /// Read a whole trusted file (at most [`MAX_TRUSTED_FILE`] bytes).
 pub fn read_trusted(path: &Path, owner: u32) -> Result<Vec<u8>, Untrusted> {
     let file = open_trusted(path, owner)?;
-    let mut buf = Vec::new();
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::with_capacity(read_capacity(len));
     file.take(MAX_TRUSTED_FILE + 1)
         .read_to_end(&mut buf)
         .map_err(|e| untrusted(path, format!("cannot be read: {e}")))?;

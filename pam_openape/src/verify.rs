@@ -4,14 +4,16 @@
 //! Only [`consume`] produces an [`Approved`], and only an `Approved` whose
 //! verdict is exactly [`Verdict::Allow`] may lead to running anything.
 
-use jsonwebtoken::{Algorithm, DecodingKey};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Deserializer};
 
 use crate::command::{self, Matched};
 use crate::config::Config;
 use crate::error::{Denial, Kind, Step, sanitize};
 use crate::http::{self, Client};
-use crate::jwks::{Fetch, KeyCache};
+use crate::jwks::{Fetch, KeyCache, ed25519_key};
 use crate::token::{self, Claims, GrantType};
 
 /// The outcome as a value far from its opposite in Hamming distance, so a
@@ -115,16 +117,10 @@ pub fn check(
     let key = keys.key(fetch, &c.iss, &parsed.kid, now)?;
     on_pass(Step::Key, format!("Ed25519 key {}", sanitize(&key.kid, 64)));
 
-    // 4. Signature, algorithm pinned to EdDSA.
-    let dk = DecodingKey::from_ed_components(&key.x)
-        .map_err(|_| refuse(Step::Key, "issuer key is not a valid Ed25519 key"))?;
-    let good = jsonwebtoken::crypto::verify(
-        &parsed.signature,
-        parsed.signing_input.as_bytes(),
-        &dk,
-        Algorithm::EdDSA,
-    );
-    if good != Ok(true) {
+    // 4. Signature, algorithm pinned to EdDSA (step 1 refused any other).
+    let vk = ed25519_key(&key.x)
+        .ok_or_else(|| refuse(Step::Key, "issuer key is not a valid Ed25519 key"))?;
+    if !signature_is_valid(&vk, &parsed.signing_input, &parsed.signature) {
         return Err(refuse(Step::Signature, "grant signature is not valid"));
     }
     on_pass(Step::Signature, "valid".into());
@@ -249,6 +245,23 @@ pub fn check(
         matched,
         verdict: Verdict::Allow,
     })
+}
+
+/// Does `signature` (the token's third segment, strict base64url of
+/// exactly 64 bytes) sign the ASCII bytes of `signing_input`
+/// (`header.payload`) under `key`? `verify_strict` also refuses
+/// non-canonical signatures and small-order (weak) keys, so one message
+/// has exactly one valid signature per key.
+pub fn signature_is_valid(key: &VerifyingKey, signing_input: &str, signature: &str) -> bool {
+    let Some(sig) = URL_SAFE_NO_PAD
+        .decode(signature)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+    else {
+        return false;
+    };
+    key.verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&sig))
+        .is_ok()
 }
 
 /// Step 5 on its own (also re-run right before consume).
@@ -413,6 +426,202 @@ pub fn consume(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
+
+    fn signed(input: &str) -> (VerifyingKey, String) {
+        let k = SigningKey::from_bytes(&[9u8; 32]);
+        let sig = URL_SAFE_NO_PAD.encode(k.sign(input.as_bytes()).to_bytes());
+        (k.verifying_key(), sig)
+    }
+
+    #[test]
+    fn signature_over_the_signing_input_only() {
+        let input = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0";
+        let (vk, sig) = signed(input);
+        assert!(signature_is_valid(&vk, input, &sig));
+        assert!(!signature_is_valid(&vk, &format!("{input}x"), &sig));
+        assert!(!signature_is_valid(&vk, &input[1..], &sig));
+        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+        assert!(!signature_is_valid(&other, input, &sig));
+        // Strict base64url of exactly 64 bytes.
+        assert!(!signature_is_valid(&vk, input, &format!("{sig}==")));
+        assert!(!signature_is_valid(&vk, input, &sig.replace('-', "+")) || !sig.contains('-'));
+        assert!(!signature_is_valid(
+            &vk,
+            input,
+            sig.get(..85).unwrap_or_default()
+        ));
+        assert!(!signature_is_valid(&vk, input, &format!("{sig}AA")));
+        assert!(!signature_is_valid(&vk, input, ""));
+        // 64 bytes are 86 characters; the last one has 4 unused bits.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut loose = sig.clone();
+        let last = loose.pop().map_or(b'A', |c| c as u8);
+        let i = ALPHABET.iter().position(|&c| c == last).unwrap_or(0);
+        loose.push(char::from(ALPHABET.get(i | 1).copied().unwrap_or(b'B')));
+        assert_ne!(loose, sig);
+        assert!(!signature_is_valid(&vk, input, &loose));
+    }
+
+    #[test]
+    fn non_canonical_and_weak_key_signatures_are_refused() {
+        let input = "a.b";
+        let (vk, sig) = signed(input);
+        // S + L: the same signature for a lax verifier, not canonical.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut raw = URL_SAFE_NO_PAD.decode(&sig).unwrap_or_default();
+        let mut carry = 0u16;
+        for (i, l) in L.iter().enumerate() {
+            if let Some(b) = raw.get_mut(32 + i) {
+                let sum = u16::from(*b) + u16::from(*l) + carry;
+                *b = (sum & 0xff) as u8;
+                carry = sum >> 8;
+            }
+        }
+        assert!(!signature_is_valid(
+            &vk,
+            input,
+            &URL_SAFE_NO_PAD.encode(&raw)
+        ));
+        // A small-order key (the identity point) with R = identity, S = 0
+        // "verifies" every message under a lax verifier.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = VerifyingKey::from_bytes(&identity);
+        assert!(weak.is_ok());
+        let mut universal = identity.to_vec();
+        universal.extend_from_slice(&[0u8; 32]);
+        let universal = URL_SAFE_NO_PAD.encode(&universal);
+        if let Ok(weak) = weak {
+            let lax = weak.verify(
+                input.as_bytes(),
+                &Signature::from_slice(&URL_SAFE_NO_PAD.decode(&universal).unwrap_or_default())
+                    .unwrap_or(Signature::from_bytes(&[0u8; 64])),
+            );
+            assert!(lax.is_ok(), "the lax check this guards against");
+            assert!(!signature_is_valid(&weak, input, &universal));
+        }
+        assert!(ed25519_key(&URL_SAFE_NO_PAD.encode(identity)).is_none());
+    }
+
+    /// The whole chain (steps 1–11) on a grant signed here, with a JWKS
+    /// served from memory and the cache in a trusted temporary directory.
+    struct Chain {
+        cfg: Config,
+        key: SigningKey,
+        _dir: crate::testutil::TempDir,
+    }
+
+    struct Jwks(String);
+
+    impl Fetch for Jwks {
+        fn fetch(&self, _url: &str) -> Result<Vec<u8>, String> {
+            Ok(self.0.clone().into_bytes())
+        }
+    }
+
+    const ISS: &str = "https://id.example";
+
+    impl Chain {
+        fn new(security: &str) -> Option<Chain> {
+            let dir = crate::testutil::TempDir::trusted("verify-chain")?;
+            let text = format!(
+                "host = \"h\"\n[security]\nallowed_issuers = [\"{ISS}\"]\nallowed_approvers = [\"alice@x\"]\n{security}\n"
+            );
+            let mut cfg =
+                Config::parse(std::path::Path::new("/etc/openape/config.toml"), &text, 0).ok()?;
+            cfg.cache_dir = dir.path().to_path_buf();
+            cfg.trusted_owner = crate::testutil::me();
+            Some(Chain {
+                cfg,
+                key: SigningKey::from_bytes(&[5u8; 32]),
+                _dir: dir,
+            })
+        }
+
+        fn check(&self, claims: serde_json::Value, argv: &[&str]) -> Result<Verified, Denial> {
+            let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"JWT","kid":"k1"}"#);
+            let p = URL_SAFE_NO_PAD.encode(claims.to_string());
+            let sig = self.key.sign(format!("{h}.{p}").as_bytes());
+            let token = format!("{h}.{p}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+            let x = URL_SAFE_NO_PAD.encode(self.key.verifying_key().to_bytes());
+            let jwks = Jwks(
+                serde_json::json!({"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","x":x}]})
+                    .to_string(),
+            );
+            let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+            let req = Request {
+                caller: "deploy",
+                target_user: Some("root"),
+                argv: Some(&argv),
+            };
+            let mut keys = KeyCache::new(&self.cfg);
+            check(
+                &token,
+                &req,
+                &self.cfg,
+                &mut keys,
+                &jwks,
+                1000,
+                &mut |_, _| {},
+            )
+        }
+    }
+
+    fn grant(binding: serde_json::Value) -> serde_json::Value {
+        let mut c = serde_json::json!({"iss":ISS,"sub":"agent@x","aud":"escapes","exp":1200,"iat":990,
+            "grant_id":"g1","grant_type":"once","target_host":"h","decided_by":"alice@x"});
+        if let (Some(c), Some(b)) = (c.as_object_mut(), binding.as_object()) {
+            c.extend(b.clone());
+        }
+        c
+    }
+
+    fn hash(argv: &[&str]) -> String {
+        command::cmd_hash(&argv.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn chain_refuses_cmd_hash_alone_unless_allowed() {
+        let Some(chain) = Chain::new("") else { return };
+        let step = |r: Result<Verified, Denial>| r.err().map(|d| d.step);
+        // The control: a grant with `command` passes.
+        let ok = chain.check(
+            grant(serde_json::json!({"command":["id","-u"]})),
+            &["id", "-u"],
+        );
+        assert_eq!(ok.map(|v| v.matched), Ok(Some(Matched::Argv)));
+        // cmd_hash alone: refused at step `command` by default.
+        let only = grant(serde_json::json!({"cmd_hash": hash(&["id", "-u"])}));
+        assert_eq!(
+            step(chain.check(only.clone(), &["id", "-u"])),
+            Some(Step::Command)
+        );
+        // cmd_hash beside command must agree.
+        let both = grant(serde_json::json!({"command":["id","-u"],"cmd_hash": hash(&["id"])}));
+        assert_eq!(step(chain.check(both, &["id", "-u"])), Some(Step::Command));
+
+        let Some(allowed) = Chain::new("allow_cmd_hash_only = true") else {
+            return;
+        };
+        let ok = allowed.check(only, &["id", "-u"]);
+        assert_eq!(ok.map(|v| v.matched), Ok(Some(Matched::CmdHash)));
+        // Allowed, but never for an argv the space join can confuse.
+        let spaced = grant(serde_json::json!({"cmd_hash": hash(&["echo", "a b"])}));
+        assert_eq!(
+            step(allowed.check(spaced, &["echo", "a b"])),
+            Some(Step::Command)
+        );
+        let empty = grant(serde_json::json!({"cmd_hash": hash(&["echo", ""])}));
+        assert_eq!(
+            step(allowed.check(empty, &["echo", ""])),
+            Some(Step::Command)
+        );
+    }
 
     #[test]
     fn verdicts_are_far_apart() {

@@ -7,16 +7,21 @@
 //!   with a NOPASSWD rule.
 //!
 //! Also counts the IdP requests per escapes run (target: exactly one, the
-//! consume). sudoers and /etc/pam.d/sudo are replaced only inside a private
+//! consume).
+//!
+//! Then the same interleaved comparison with an IdP whose consume answers
+//! after 2 ms (a nearby real IdP): `/bin/true`, `escapes`, `sudo -n true`,
+//! and, when `BENCH_BASELINE_ESCAPES` names another escapes binary (an
+//! older build, say), that one too, set up the same way. sudoers and /etc/pam.d/sudo are replaced only inside a private
 //! mount namespace of this process. Needs root; run with `make bench`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openape_tests::harness::{HOST, Sandbox, artefact, require_root, test_user};
-use openape_tests::idp::{GrantSpec, GrantType, TestIdp};
+use openape_tests::idp::{Fault, GrantSpec, GrantType, TestIdp};
 
 const RUNS: usize = 40;
 const GRANT_USER: &str = "openape-bench";
@@ -236,4 +241,54 @@ fn main() {
         "  sudo id -u with a grant (PAM)  {tp:7.3} ms   adds {:.3} ms over sudo -n id -u NOPASSWD {tn:.3} ms (target <= 3 ms)",
         tp - tn
     );
+
+    // The same with an IdP that answers consume after 2 ms.
+    let baseline = std::env::var_os("BENCH_BASELINE_ESCAPES").map(|p| {
+        let bin = std::fs::read(&p).unwrap();
+        sb.write_file("bin/escapes-baseline", &bin, 0, 0, 0o4755)
+    });
+    let run_with = |bin: &Path| {
+        as_user(
+            &tu.name,
+            &[],
+            &[
+                &bin.to_string_lossy(),
+                "--grant-file",
+                &gfile.to_string_lossy(),
+                "--",
+                "true",
+            ],
+        )
+    };
+    idp.set_fault_for("/api/grants/", Fault::Slow(Duration::from_millis(2)));
+    for _ in 0..3 {
+        time(escapes());
+        if let Some(b) = &baseline {
+            time(run_with(b));
+        }
+    }
+    let (mut t_true, mut t_esc, mut t_base, mut t_sudo) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..RUNS {
+        t_true.push(time(as_user(&tu.name, &[], &["/bin/true"])));
+        t_esc.push(time(escapes()));
+        if let Some(b) = &baseline {
+            t_base.push(time(run_with(b)));
+        }
+        t_sudo.push(time(as_user(&tu.name, &[], &["sudo", "-n", "true"])));
+    }
+    let (tt, te, ts_) = (median(&mut t_true), median(&mut t_esc), median(&mut t_sudo));
+    println!("IdP consume answering after 2 ms, median of {RUNS} interleaved runs:");
+    println!("  /bin/true                      {tt:7.3} ms");
+    println!("  escapes (timed grant) -- true  {te:7.3} ms");
+    println!("  sudo -n true (NOPASSWD)        {ts_:7.3} ms");
+    println!("  escapes / sudo -n true: {:.2}", te / ts_);
+    if !t_base.is_empty() {
+        let tb = median(&mut t_base);
+        println!("  baseline escapes               {tb:7.3} ms");
+        println!(
+            "  escapes / baseline: {:.2}   baseline / sudo -n true: {:.2}",
+            te / tb,
+            tb / ts_
+        );
+    }
 }

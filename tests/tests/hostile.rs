@@ -3588,6 +3588,27 @@ fn table() -> Vec<Row> {
             }),
         ),
         row(
+            "idp-jwks-small-order-key-universal-signature",
+            IdpFaults,
+            Both,
+            refused("key"),
+            Case::Std(|c| {
+                // The JWKS publishes the identity point as the key; under a
+                // lax Ed25519 check (R = identity, S = 0) then "signs"
+                // every message.
+                let mut identity = [0u8; 32];
+                identity[0] = 1;
+                let key = json!({"kty":"OKP","crv":"Ed25519","alg":"EdDSA","use":"sig","kid":c.idp.kid(),"x":b64(identity)});
+                c.idp
+                    .set_jwks_override(Some(json!({ "keys": [key] }).to_string()));
+                let t = c.grant(&c.marker_cmd());
+                let (signed, _) = t.rsplit_once('.').unwrap();
+                let mut sig = identity.to_vec();
+                sig.extend_from_slice(&[0u8; 32]);
+                c.input(format!("{signed}.{}", b64(sig)))
+            }),
+        ),
+        row(
             "idp-jwks-x25519-curve",
             IdpFaults,
             Both,
