@@ -16,10 +16,9 @@
 use std::io::Read as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openape_tests::harness::{Sandbox, require_root, set_owner_mode, test_user};
+use openape_tests::harness::{Sandbox, require_root, test_user};
 use openape_tests::idp::TestIdp;
 use openape_tests::sudo_ns::PamSandbox;
-use pam_openape::request::keys;
 
 const RUNS: usize = 20;
 const SAMPLE: u64 = 15;
@@ -39,32 +38,6 @@ fn random_u32() -> u32 {
         .read_exact(&mut b)
         .unwrap();
     u32::from_le_bytes(b)
-}
-
-/// An enrolled key for the test user in `home` (PKCS#8 + .pub), known to
-/// `idp`.
-fn install_key(
-    idp: &TestIdp,
-    home: &std::path::Path,
-    user: &openape_tests::harness::TestUser,
-    key: &ed25519_dalek::SigningKey,
-) {
-    let ssh = home.join(".ssh");
-    std::fs::create_dir(&ssh).unwrap();
-    set_owner_mode(&ssh, user.uid, user.gid, 0o700);
-    for (name, text, mode) in [
-        ("id_ed25519", keys::pkcs8_pem(key), 0o600),
-        (
-            "id_ed25519.pub",
-            keys::ssh_public_line(key, Some(AGENT)),
-            0o644,
-        ),
-    ] {
-        let p = ssh.join(name);
-        std::fs::write(&p, text).unwrap();
-        set_owner_mode(&p, user.uid, user.gid, mode);
-    }
-    idp.register_agent(AGENT, key.verifying_key().to_bytes());
 }
 
 /// Approve the grant that `start` makes after a random 0.2–1.4 s pause;
@@ -114,13 +87,7 @@ fn main() {
     let mut cfg = sb.config(&idp.issuer());
     cfg.tail = "[request]\ntimeout = 120\n".into();
     sb.write_config(&cfg.render());
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut seed)
-        .unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    install_key(&idp, &home, user, &key);
+    let key = idp.enrol_agent_key(&home, user, AGENT, None);
 
     // Approval-to-exec latency: escapes, then real sudo with `request`.
     let lat: Vec<f64> = (0..RUNS)
@@ -140,7 +107,7 @@ fn main() {
     let mut scfg = ps.sb.config(&idp.issuer());
     scfg.tail = "[request]\ntimeout = 120\n".into();
     ps.sb.write_config(&scfg.render());
-    install_key(&idp, &sudo_home, user, &key);
+    idp.enrol_agent_key(&sudo_home, user, AGENT, Some(&key));
     ps.write_pam(
         "sudo",
         "auth sufficient @SO@ config=@CFG@ request nonint\nauth required pam_deny.so\naccount required @SO@ config=@CFG@ grant_only\nsession required pam_permit.so\n",

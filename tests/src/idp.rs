@@ -799,6 +799,52 @@ impl TestIdp {
         Issued { grant_id, jwt }
     }
 
+    /// Enrol `email` the way `escapes enroll` leaves a caller: a fresh
+    /// Ed25519 key as `<home>/.ssh/id_ed25519` (PKCS#8, 0600) and its `.pub`
+    /// (0644, email in the comment), owned by `user`, and the public key
+    /// registered here. Returns the key (reuse it for a second home).
+    pub fn enrol_agent_key(
+        &self,
+        home: &std::path::Path,
+        user: &crate::harness::TestUser,
+        email: &str,
+        key: Option<&SigningKey>,
+    ) -> SigningKey {
+        let key = key.cloned().unwrap_or_else(|| {
+            let mut seed = [0u8; 32];
+            File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut seed))
+                .expect("read /dev/urandom");
+            SigningKey::from_bytes(&seed)
+        });
+        let ssh = home.join(".ssh");
+        if !ssh.exists() {
+            std::fs::create_dir(&ssh).expect("mkdir .ssh");
+            crate::harness::set_owner_mode(&ssh, user.uid, user.gid, 0o700);
+        }
+        for (name, text, mode) in [
+            (
+                "id_ed25519",
+                pam_openape::request::keys::pkcs8_pem(&key),
+                0o600,
+            ),
+            (
+                "id_ed25519.pub",
+                format!(
+                    "{}\n",
+                    pam_openape::request::keys::ssh_public_line(&key, Some(email))
+                ),
+                0o644,
+            ),
+        ] {
+            let p = ssh.join(name);
+            std::fs::write(&p, text).expect("write key");
+            crate::harness::set_owner_mode(&p, user.uid, user.gid, mode);
+        }
+        self.register_agent(email, key.verifying_key().to_bytes());
+        key
+    }
+
     /// Enroll an agent: its email and Ed25519 public key.
     pub fn register_agent(&self, email: &str, public_key: [u8; 32]) {
         self.shared

@@ -71,31 +71,12 @@ fn setup(name: &str, with_key: bool) -> Option<P> {
         module,
     };
     if with_key {
-        let key = key_from_urandom();
-        p.user_file(".ssh/id_ed25519", keys::pkcs8_pem(&key).as_bytes(), 0o600);
-        p.user_file(
-            ".ssh/id_ed25519.pub",
-            format!("{}\n", keys::ssh_public_line(&key, Some(AGENT))).as_bytes(),
-            0o644,
-        );
-        p.idp.register_agent(AGENT, key.verifying_key().to_bytes());
+        p.idp.enrol_agent_key(&p.home, user, AGENT, None);
     }
     Some(p)
 }
 
 impl P {
-    fn user_file(&self, rel: &str, content: &[u8], mode: u32) -> PathBuf {
-        let p = self.home.join(rel);
-        let dir = p.parent().unwrap();
-        if !dir.exists() {
-            fs::create_dir_all(dir).unwrap();
-            set_owner_mode(dir, self.user.uid, self.user.gid, 0o700);
-        }
-        fs::write(&p, content).unwrap();
-        set_owner_mode(&p, self.user.uid, self.user.gid, mode);
-        p
-    }
-
     /// The `sudo` stack: `{so}` and `{cfg}` filled in.
     fn stack(&self, text: &str) {
         let t = text

@@ -14,15 +14,12 @@
 //! without it, and the tmux scenario runs both on a real terminal.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::fs;
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
 use openape_tests::against_both_sudos;
-use openape_tests::harness::{self, Output, TEST_USER, set_owner_mode, test_user};
+use openape_tests::harness::{self, Output, TEST_USER, test_user};
 use openape_tests::idp::TestIdp;
 use openape_tests::sudo_ns::{PamSandbox, SudoImpl, require_root, shipped, with_common_stacks};
-use pam_openape::request::keys;
 
 const AGENT: &str = "agent@example.com";
 
@@ -73,29 +70,7 @@ fn setup(imp: SudoImpl, name: &str, stack: &str, nopasswd: bool) -> Option<S> {
     ps.sb.write_config(&cfg.render());
     ps.write_pam("sudo", stack);
     ps.write_sudoers(&sudoers(nopasswd));
-    let mut seed = [0u8; 32];
-    use std::io::Read as _;
-    fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut seed)
-        .unwrap();
-    let key = SigningKey::from_bytes(&seed);
-    let ssh = home.join(".ssh");
-    fs::create_dir(&ssh).unwrap();
-    set_owner_mode(&ssh, user.uid, user.gid, 0o700);
-    for (name, text, mode) in [
-        ("id_ed25519", keys::pkcs8_pem(&key), 0o600),
-        (
-            "id_ed25519.pub",
-            format!("{}\n", keys::ssh_public_line(&key, Some(AGENT))),
-            0o644,
-        ),
-    ] {
-        let p = ssh.join(name);
-        fs::write(&p, text).unwrap();
-        set_owner_mode(&p, user.uid, user.gid, mode);
-    }
-    idp.register_agent(AGENT, key.verifying_key().to_bytes());
+    idp.enrol_agent_key(&home, user, AGENT, None);
     Some(S { idp, ps, imp })
 }
 

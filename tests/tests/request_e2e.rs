@@ -64,14 +64,7 @@ fn setup_with(name: &str, request_section: &str, with_key: bool) -> Option<T> {
         user,
     };
     if with_key {
-        let key = random_key();
-        t.user_file(".ssh/id_ed25519", keys::pkcs8_pem(&key).as_bytes(), 0o600);
-        t.user_file(
-            ".ssh/id_ed25519.pub",
-            format!("{}\n", keys::ssh_public_line(&key, Some(AGENT))).as_bytes(),
-            0o644,
-        );
-        t.idp.register_agent(AGENT, key.verifying_key().to_bytes());
+        t.idp.enrol_agent_key(&t.home, user, AGENT, None);
     }
     Some(t)
 }
