@@ -112,7 +112,9 @@ t "deb: pam_openape.so is the release build" cmp "$X/lib/x86_64-linux-gnu/securi
 cond "deb: the module is not a fault-injection build" '! grep -q fault_panic "$X/lib/x86_64-linux-gnu/security/pam_openape.so"'
 # The fuzz harness (feature `fuzzing`) and its public test signing key: its
 # issuer, the key's public half, the first bytes of its seed.
+# A file that is not there counts as containing it (fail closed).
 has_fuzz_harness() {
+	[ -f "$1" ] || return 0
 	LC_ALL=C grep -aqF -e 'fuzz.openape.invalid' -e 'aWHl9G3AyL4RDuiajxM5jiLqgN23Ge0fdiyuCnLQcDY' "$1" ||
 		LC_ALL=C grep -aqP '\x80\xe2\x2b\xa7\x61\x8a\x9e\xee' "$1"
 }
@@ -330,6 +332,8 @@ mkdir -p "$RR"
 rpm --root "$RR" --initdb 2>/dev/null
 t "rpm --root: installs" rpm --root "$RR" -i --nodeps --noscripts "$RPM"
 eq "rpm --root: escapes is 4755 root:root on disk" "4755 root:root" "$(mode_of "$RR/usr/bin/escapes")"
+cond "rpm: neither escapes nor pam_openape.so contains the fuzz harness" \
+	'! has_fuzz_harness "$RR/usr/bin/escapes" && ! has_fuzz_harness "$RR/usr/lib64/security/pam_openape.so"'
 eq "rpm --root: config.toml is 600 root:root" "600 root:root" "$(mode_of "$RR/etc/openape/config.toml")"
 echo '# changed by the admin' >>"$RR/etc/openape/config.toml"
 cp "$RR/etc/openape/config.toml" "$W/rpm-config.before"
@@ -345,6 +349,8 @@ I1=$W/inst1
 out=$(sh packaging/install.sh --base-url "$DIST" --destdir "$I1" 2>&1)
 t "install.sh: installs a good tarball into a DESTDIR" contains "$out" "checksum OK"
 eq "install.sh: escapes is 4755 root:root" "4755 root:root" "$(mode_of "$I1/usr/local/bin/escapes")"
+cond "tarball: neither escapes nor pam_openape.so contains the fuzz harness" \
+	'! has_fuzz_harness "$I1/usr/local/bin/escapes" && ! has_fuzz_harness "$(find "$I1" -name pam_openape.so -print -quit)"'
 PAMDIR=$(find "$I1" -name pam_openape.so -printf '%h\n' | sed "s|^$I1||")
 t "install.sh: pam_openape.so is in the system's PAM directory ($PAMDIR)" test -e "$PAMDIR/pam_unix.so"
 eq "install.sh: config.toml 600, log dir 750, audit.log 600, cache 700" "600 root:root 750 root:root 600 root:root 700 root:root" \
