@@ -27,6 +27,10 @@ use crate::trust;
 /// Largest response body read from the IdP.
 pub const MAX_BODY: u64 = 1024 * 1024;
 
+/// ureq's input buffer, which also bounds an answer's head (status line
+/// and headers).
+const INPUT_BUFFER: usize = 32 * 1024;
+
 /// A response: status and (capped) body.
 #[derive(Debug)]
 pub struct Response {
@@ -126,6 +130,15 @@ impl Client {
             .timeout_global(Some(timeout))
             .max_idle_connections(0)
             .max_idle_connections_per_host(0)
+            // ureq fills its buffers with zeros up front; its 128 KiB
+            // defaults cost 64 page faults per request in this short-lived
+            // process. An IdP's answer head is a few hundred bytes, our
+            // request head and body are small (the JWT), and bodies stream
+            // through the buffer, so 32 KiB in / 16 KiB out is ample; a
+            // longer answer head is refused, never truncated.
+            .input_buffer_size(INPUT_BUFFER)
+            .max_response_header_size(INPUT_BUFFER)
+            .output_buffer_size(16 * 1024)
             .user_agent(concat!("escapes/", env!("CARGO_PKG_VERSION")))
             .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build();
@@ -580,6 +593,33 @@ mod tests {
             .unwrap();
         let _ = h.join();
         assert_eq!((r.status, r.retry_after), (429, Some(7)));
+    }
+
+    #[test]
+    fn answer_heads_up_to_the_input_buffer_are_read_longer_ones_refused() {
+        let head = |filler: usize| {
+            let mut r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n".to_vec();
+            // Many headers of ~1 KiB, as a proxy in front of an IdP might add.
+            let line = format!("X-Filler: {}\r\n", "f".repeat(1000));
+            for _ in 0..filler / line.len() {
+                r.extend_from_slice(line.as_bytes());
+            }
+            r.extend_from_slice(b"\r\n{}");
+            r
+        };
+        let client = Client::new(Duration::from_secs(5), None, 0).unwrap();
+        // 20 KiB of headers: more than ureq's old default would ever need
+        // here, well inside our 32 KiB buffer.
+        let (url, h) = one_shot(head(20 * 1024));
+        let r = client.call(Method::Get, &url, None, None, None);
+        let _ = h.join();
+        assert_eq!(r.map(|r| (r.status, r.body)), Ok((200, b"{}".to_vec())));
+        // 40 KiB: refused with an error, never cut and read as a short head.
+        let (url, h) = one_shot(head(40 * 1024));
+        let r = client.call(Method::Get, &url, None, None, None);
+        let _ = h.join();
+        assert!(r.is_err(), "{r:?}");
+        assert!(INPUT_BUFFER < 40 * 1024);
     }
 
     #[test]
