@@ -147,13 +147,17 @@ fn approved_request_authenticates_that_argv_once() {
         assert!(p.idp.approve(id, harness::APPROVER));
     });
     assert_eq!(code(&out, "auth"), SUCCESS, "{out}");
-    // The URL reached the user through the conversation (PAM_TEXT_INFO = 4).
+    // The URL reached the user through the conversation: PAM_TEXT_INFO (4)
+    // when the driver has a controlling terminal, else PAM_ERROR_MSG (3),
+    // which hosts print on stderr rather than on the command's stdout.
     let id = p.idp.grant_ids().pop().unwrap();
+    let link = format!(
+        "Approve at: {}/grant-approval?grant_id={id}",
+        p.idp.issuer()
+    );
     assert!(
-        out.stdout.contains(&format!(
-            "msg=4:Approve at: {}/grant-approval?grant_id={id}",
-            p.idp.issuer()
-        )),
+        out.stdout.contains(&format!("msg=4:{link}"))
+            || out.stdout.contains(&format!("msg=3:{link}")),
         "{out}"
     );
     assert_eq!(p.events(), ["grant_requested", "grant_run"]);

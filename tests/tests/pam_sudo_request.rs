@@ -304,8 +304,9 @@ fn sudo_shows_the_link_waits_and_runs_the_approved_command(imp: SudoImpl) {
         assert!(s.idp.approve(id, harness::APPROVER));
     });
     assert_eq!(out.code, 0, "{out}");
-    // sudo prints PAM_TEXT_INFO on its stdout when that is not a tty.
-    assert!(out.stdout.lines().any(|l| l == "0"), "{out}");
+    // The command's output alone on stdout: the link and the waiting line
+    // go to the terminal or stderr, never into what a pipe would read.
+    assert_eq!(out.stdout.trim(), "0", "{out}");
     let id = s.idp.grant_ids().pop().unwrap();
     let all = format!("{}{}", out.stdout, out.stderr);
     assert!(
@@ -509,7 +510,8 @@ fn shipped_request_and_agent_stacks_work_verbatim(imp: SudoImpl) {
 }
 
 /// Without a terminal and without `-S`, sudo 1.9 prints the link on its
-/// stdout and the approved command runs. sudo-rs cannot show the link (its
+/// stderr (the module sends it as PAM_ERROR_MSG when there is no terminal,
+/// so it stays out of the command's stdout) and the approved command runs. sudo-rs cannot show the link (its
 /// conversation needs the terminal for every message) and would fail the
 /// authentication even after the module accepted an approved grant, so the
 /// module notices the failed message, cancels the request at the IdP and
@@ -533,7 +535,8 @@ fn sudo_rs_without_a_terminal_cannot_show_the_link(imp: SudoImpl) {
                 h.join().unwrap()
             });
             assert_eq!(out.code, 0, "{out}");
-            assert!(out.stdout.contains("Approve at: "), "{out}");
+            assert!(out.stderr.contains("Approve at: "), "{out}");
+            assert!(!out.stdout.contains("Approve at"), "{out}");
             assert!(marker.exists(), "{out}");
         }
         SudoImpl::SudoRs => {

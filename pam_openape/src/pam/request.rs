@@ -46,6 +46,25 @@ fn tell(pamh: &PamHandle, style: pam::constants::PamMessageStyle, text: &str) ->
     }
 }
 
+/// The style for the link and the waiting line. With a controlling
+/// terminal, PAM_TEXT_INFO: sudo, sudo-rs and su show it there. Without
+/// one, PAM_ERROR_MSG: sudo 1.9 and su print informational messages on
+/// their stdout, which belongs to the command (`sudo -n cmd | jq` would
+/// read the link as output), and error messages on stderr. sudo-rs needs a
+/// terminal for either.
+fn prompt_style() -> pam::constants::PamMessageStyle {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/tty");
+    if tty.is_ok() {
+        PAM_TEXT_INFO
+    } else {
+        PAM_ERROR_MSG
+    }
+}
+
 /// Which PAM phase asks.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -203,7 +222,8 @@ pub fn grant(
                         rec.command, rec.run_as
                     ),
                 );
-                let shown = tell(pamh, PAM_TEXT_INFO, &format!("Approve at: {url}"));
+                let style = prompt_style();
+                let shown = tell(pamh, style, &format!("Approve at: {url}"));
                 if !shown && phase == Phase::Auth {
                     // The host cannot show the link (sudo-rs without a
                     // terminal), and may then fail the authentication even
@@ -223,7 +243,7 @@ pub fn grant(
                 }
                 tell(
                     pamh,
-                    PAM_TEXT_INFO,
+                    style,
                     &format!("Waiting up to {} s for approval…", wait.as_secs()),
                 );
                 grant_id = Some(id);
