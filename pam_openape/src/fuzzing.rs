@@ -761,6 +761,12 @@ fn su_parse(argv: &[String]) {
     let mut done = false;
     let mut i = 1;
     while let Some(a) = argv.get(i) {
+        // su's getopt: after the user, `-` (and, under POSIXLY_CORRECT,
+        // every option) goes to the shell.
+        assert!(
+            done || operands.is_empty() || !a.starts_with('-'),
+            "su accepted {a:?} after the user name"
+        );
         if done || !a.starts_with('-') {
             operands.push(a);
         } else if a == "--" {

@@ -11,7 +11,8 @@
 //!   Anything else (`-s`, `-i`, `-e`, `-E`, `-D`, `-R`, `-h`, `-C`, `-T`,
 //!   `-g`, `-k`, `-v`, `-l`, `VAR=value`, `sudoedit`, a CMD that starts
 //!   with `-` or is `sudoedit`) is refused.
-//! * su: `su [-|-l|--login] [-c CMD|--command=CMD] [--] [USER]`; the
+//! * su: `su [-|-l|--login] [-c CMD|--command=CMD] [--] [USER]`, with
+//!   nothing option-like after USER; the
 //!   command is the `-c` string as one argument (what the target's shell
 //!   will interpret), so only an exact binding can match it.
 
@@ -203,6 +204,15 @@ pub fn parse_su(argv: &[String]) -> Result<Invocation, String> {
     while let Some(arg) = argv.get(i) {
         if options_done || !arg.starts_with('-') {
             operands.push(arg);
+        } else if !operands.is_empty() {
+            // util-linux su parses with GNU getopt: `-l`/`--login` after
+            // the user is permuted to the front, but only unless
+            // POSIXLY_CORRECT is set (then it goes to the shell), and a
+            // `-` there is never the login flag (only as the first
+            // operand). `su root -c CMD -` runs CMD without a login
+            // environment while this loop saw `-`. Nothing that looks
+            // like an option may follow the user name.
+            return Err("options after the user name are not allowed with grants".into());
         } else if arg == "--" {
             options_done = true;
         } else if arg == "-" || arg == "-l" || arg == "--login" {
@@ -511,6 +521,17 @@ mod tests {
             &["su", "-g", "root"],
             &["su", "#-1"],
             &["sudo", "-c", "id"],
+            // After the user name `-` is not the login flag, and under
+            // POSIXLY_CORRECT neither are `-l`/`--login`: su would keep
+            // the caller's environment.
+            &["su", "root", "-c", "id", "-"],
+            &["su", "root", "-", "-c", "id"],
+            &["su", "-c", "id", "root", "-"],
+            &["su", "-c", "id", "root", "-l"],
+            &["su", "-c", "id", "root", "--login"],
+            &["su", "root", "-l", "-c", "id"],
+            &["su", "-", "root", "-c", "id"],
+            &["su", "-", "root", "--"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }
