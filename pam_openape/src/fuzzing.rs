@@ -686,9 +686,14 @@ fn sudo_parse(argv: &[String]) {
     );
     // sudo-rs skips a lone `-`; `sudo sudoedit FILE` is edit mode.
     assert!(!first.starts_with('-'), "command {first:?} accepted");
-    let first_base = first.rsplit('/').next().unwrap_or(first);
+    // As sudo-rs's std::path sees it: `.` and empty components dropped.
+    let first_base = std::path::Path::new(first)
+        .components()
+        .next_back()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
     assert!(
-        first_base != "sudoedit" && first_base != "sudoedit-rs",
+        !first_base.starts_with("sudoedit"),
         "sudoedit accepted as the command: {first:?}"
     );
     // Independent reading of the option part: only -n, -S, -u USER and the

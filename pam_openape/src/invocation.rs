@@ -10,7 +10,8 @@
 //!   `--non-interactive`, `--stdin`, `--user=USER`, `--user USER`).
 //!   Anything else (`-s`, `-i`, `-e`, `-E`, `-D`, `-R`, `-h`, `-C`, `-T`,
 //!   `-g`, `-k`, `-v`, `-l`, `VAR=value`, `sudoedit`, a CMD that starts
-//!   with `-` or is `sudoedit`) is refused.
+//!   with `-` or whose last path component begins with `sudoedit`, also
+//!   as `sudoedit/.`) is refused.
 //! * su: `su [-|-l|--login] [-c CMD|--command=CMD] [--] [USER]`, with
 //!   nothing option-like after USER; the
 //!   command is the `-c` string as one argument (what the target's shell
@@ -83,6 +84,20 @@ pub struct Invocation {
 
 fn base_name(argv0: &str) -> &str {
     argv0.rsplit('/').next().unwrap_or(argv0)
+}
+
+/// Does the command word name sudoedit? sudo-rs 0.2 switches to edit
+/// mode when the command's last path component as `std::path` sees it
+/// (`.` components and trailing `/` dropped) is `sudoedit` or
+/// `sudoedit-rs`: `sudo /usr/bin/sudoedit/. FILE` edits FILE. And a sudo
+/// started (as root, by the command) under any name beginning with
+/// `sudoedit` is sudoedit (`/usr/bin/sudoedit/` resolves to it). So the
+/// last component other than `.` and empty may not begin with `sudoedit`.
+fn names_sudoedit(cmd: &str) -> bool {
+    cmd.split('/')
+        .rev()
+        .find(|c| !c.is_empty() && *c != ".")
+        .is_some_and(|c| c.starts_with("sudoedit"))
 }
 
 /// Parse sudo's (or sudo-rs's) argv, program name included.
@@ -170,7 +185,7 @@ pub fn parse_sudo(argv: &[String]) -> Result<Invocation, String> {
         // `id`, so a grant for ["-", "id"] would run another argv.
         return Err("a command starting with - is not allowed with grants".into());
     }
-    if matches!(base_name(first), "sudoedit" | "sudoedit-rs") {
+    if names_sudoedit(first) {
         // `sudo sudoedit FILE` puts sudo 1.9 and sudo-rs into edit mode.
         return Err("sudoedit is not allowed with grants".into());
     }
@@ -468,6 +483,15 @@ mod tests {
             &["sudo", "sudoedit", "/etc/shadow"],
             &["sudo", "/usr/bin/sudoedit", "/etc/shadow"],
             &["sudo", "--", "sudoedit-rs", "/etc/shadow"],
+            // The same once `.` and trailing `/` are normalised away, and
+            // other names sudo-rs takes for sudoedit.
+            &["sudo", "/usr/bin/sudoedit/.", "/etc/shadow"],
+            &["sudo", "/usr/bin/sudoedit/./.", "/etc/shadow"],
+            &["sudo", "sudoedit/.", "/etc/shadow"],
+            &["sudo", "/usr/bin/sudoedit/", "/etc/shadow"],
+            &["sudo", "/usr/bin//sudoedit//", "/etc/shadow"],
+            &["sudo", "/usr/bin/sudoedit-rs/.", "/etc/shadow"],
+            &["sudo", "/opt/sudoeditor", "/etc/shadow"],
             &["x ) 1 2", "id"],
             &[],
         ] {
