@@ -686,9 +686,14 @@ fn sudo_parse(argv: &[String]) {
     );
     // sudo-rs skips a lone `-`; `sudo sudoedit FILE` is edit mode.
     assert!(!first.starts_with('-'), "command {first:?} accepted");
-    let first_base = first.rsplit('/').next().unwrap_or(first);
+    // As sudo-rs's std::path sees it: `.` and empty components dropped.
+    let first_base = std::path::Path::new(first)
+        .components()
+        .next_back()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
     assert!(
-        first_base != "sudoedit" && first_base != "sudoedit-rs",
+        !first_base.starts_with("sudoedit"),
         "sudoedit accepted as the command: {first:?}"
     );
     // Independent reading of the option part: only -n, -S, -u USER and the
@@ -761,6 +766,12 @@ fn su_parse(argv: &[String]) {
     let mut done = false;
     let mut i = 1;
     while let Some(a) = argv.get(i) {
+        // su's getopt: after the user, `-` (and, under POSIXLY_CORRECT,
+        // every option) goes to the shell.
+        assert!(
+            done || operands.is_empty() || !a.starts_with('-'),
+            "su accepted {a:?} after the user name"
+        );
         if done || !a.starts_with('-') {
             operands.push(a);
         } else if a == "--" {

@@ -10,8 +10,10 @@
 //!   `--non-interactive`, `--stdin`, `--user=USER`, `--user USER`).
 //!   Anything else (`-s`, `-i`, `-e`, `-E`, `-D`, `-R`, `-h`, `-C`, `-T`,
 //!   `-g`, `-k`, `-v`, `-l`, `VAR=value`, `sudoedit`, a CMD that starts
-//!   with `-` or is `sudoedit`) is refused.
-//! * su: `su [-|-l|--login] [-c CMD|--command=CMD] [--] [USER]`; the
+//!   with `-` or whose last path component begins with `sudoedit`, also
+//!   as `sudoedit/.`) is refused.
+//! * su: `su [-|-l|--login] [-c CMD|--command=CMD] [--] [USER]`, with
+//!   nothing option-like after USER; the
 //!   command is the `-c` string as one argument (what the target's shell
 //!   will interpret), so only an exact binding can match it.
 
@@ -82,6 +84,20 @@ pub struct Invocation {
 
 fn base_name(argv0: &str) -> &str {
     argv0.rsplit('/').next().unwrap_or(argv0)
+}
+
+/// Does the command word name sudoedit? sudo-rs 0.2 switches to edit
+/// mode when the command's last path component as `std::path` sees it
+/// (`.` components and trailing `/` dropped) is `sudoedit` or
+/// `sudoedit-rs`: `sudo /usr/bin/sudoedit/. FILE` edits FILE. And a sudo
+/// started (as root, by the command) under any name beginning with
+/// `sudoedit` is sudoedit (`/usr/bin/sudoedit/` resolves to it). So the
+/// last component other than `.` and empty may not begin with `sudoedit`.
+fn names_sudoedit(cmd: &str) -> bool {
+    cmd.split('/')
+        .rev()
+        .find(|c| !c.is_empty() && *c != ".")
+        .is_some_and(|c| c.starts_with("sudoedit"))
 }
 
 /// Parse sudo's (or sudo-rs's) argv, program name included.
@@ -169,7 +185,7 @@ pub fn parse_sudo(argv: &[String]) -> Result<Invocation, String> {
         // `id`, so a grant for ["-", "id"] would run another argv.
         return Err("a command starting with - is not allowed with grants".into());
     }
-    if matches!(base_name(first), "sudoedit" | "sudoedit-rs") {
+    if names_sudoedit(first) {
         // `sudo sudoedit FILE` puts sudo 1.9 and sudo-rs into edit mode.
         return Err("sudoedit is not allowed with grants".into());
     }
@@ -203,6 +219,15 @@ pub fn parse_su(argv: &[String]) -> Result<Invocation, String> {
     while let Some(arg) = argv.get(i) {
         if options_done || !arg.starts_with('-') {
             operands.push(arg);
+        } else if !operands.is_empty() {
+            // util-linux su parses with GNU getopt: `-l`/`--login` after
+            // the user is permuted to the front, but only unless
+            // POSIXLY_CORRECT is set (then it goes to the shell), and a
+            // `-` there is never the login flag (only as the first
+            // operand). `su root -c CMD -` runs CMD without a login
+            // environment while this loop saw `-`. Nothing that looks
+            // like an option may follow the user name.
+            return Err("options after the user name are not allowed with grants".into());
         } else if arg == "--" {
             options_done = true;
         } else if arg == "-" || arg == "-l" || arg == "--login" {
@@ -458,6 +483,15 @@ mod tests {
             &["sudo", "sudoedit", "/etc/shadow"],
             &["sudo", "/usr/bin/sudoedit", "/etc/shadow"],
             &["sudo", "--", "sudoedit-rs", "/etc/shadow"],
+            // The same once `.` and trailing `/` are normalised away, and
+            // other names sudo-rs takes for sudoedit.
+            &["sudo", "/usr/bin/sudoedit/.", "/etc/shadow"],
+            &["sudo", "/usr/bin/sudoedit/./.", "/etc/shadow"],
+            &["sudo", "sudoedit/.", "/etc/shadow"],
+            &["sudo", "/usr/bin/sudoedit/", "/etc/shadow"],
+            &["sudo", "/usr/bin//sudoedit//", "/etc/shadow"],
+            &["sudo", "/usr/bin/sudoedit-rs/.", "/etc/shadow"],
+            &["sudo", "/opt/sudoeditor", "/etc/shadow"],
             &["x ) 1 2", "id"],
             &[],
         ] {
@@ -511,6 +545,17 @@ mod tests {
             &["su", "-g", "root"],
             &["su", "#-1"],
             &["sudo", "-c", "id"],
+            // After the user name `-` is not the login flag, and under
+            // POSIXLY_CORRECT neither are `-l`/`--login`: su would keep
+            // the caller's environment.
+            &["su", "root", "-c", "id", "-"],
+            &["su", "root", "-", "-c", "id"],
+            &["su", "-c", "id", "root", "-"],
+            &["su", "-c", "id", "root", "-l"],
+            &["su", "-c", "id", "root", "--login"],
+            &["su", "root", "-l", "-c", "id"],
+            &["su", "-", "root", "-c", "id"],
+            &["su", "-", "root", "--"],
         ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }

@@ -391,6 +391,18 @@ impl PamSandbox {
     /// --reset-env`'s (TERM, HOME, SHELL, USER, LOGNAME, PATH) plus `env`.
     /// stdin is `/dev/null` unless `stdin` is given.
     pub fn run(&self, argv: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+        self.run_for(argv, env, stdin, SCENARIO_TIMEOUT)
+    }
+
+    /// [`PamSandbox::run`] with another time limit (a script that runs
+    /// many scenarios in one namespace).
+    pub fn run_for(
+        &self,
+        argv: &[&str],
+        env: &[(&str, &str)],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Output {
         assert!(
             Path::new("/run/sudo").is_dir(),
             "/run/sudo does not exist: sudo's timestamp directory is needed as a mount point"
@@ -424,7 +436,7 @@ impl PamSandbox {
             .args(argv)
             .cwd(self.sb.root())
             .config_ns(self.sb.config_ns())
-            .timeout(SCENARIO_TIMEOUT);
+            .timeout(timeout);
         if let Some(s) = stdin {
             r = r.stdin(s);
         }
