@@ -308,6 +308,15 @@ pub fn grant_from_idp(
             Event::Token(jwt) => {
                 status.clear();
                 child.finish(Duration::from_millis(500));
+                // An interrupt that crossed the approval (the child was
+                // already fetching the token) still means stop: the
+                // caller asked for nothing to run. The default actions
+                // come back first, so none can slip in after this look.
+                drop(signals);
+                let late = Signals::caught();
+                if let Some(sig) = stopping.map(|(s, _)| s).or((late != 0).then_some(late)) {
+                    return Err(interrupted(sig, grant.as_deref(), false));
+                }
                 return Ok(Some(jwt));
             }
             Event::Pending => {

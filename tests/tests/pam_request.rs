@@ -16,7 +16,7 @@ use ed25519_dalek::SigningKey;
 use openape_tests::harness::{
     self, Output, Run, Sandbox, TEST_USER, TestUser, artefact, set_owner_mode, test_user,
 };
-use openape_tests::idp::{TestIdp, TokenSwap};
+use openape_tests::idp::{Fault, TestIdp, TokenSwap};
 use pam_openape::request::keys;
 use serde_json::Value;
 
@@ -99,6 +99,41 @@ impl P {
             .as_test_user()
             .timeout(Duration::from_secs(60))
             .output()
+    }
+
+    /// `drive` with the interrupts blocked for the whole run, as sudo
+    /// blocks them while it authenticates.
+    fn drive_blocked(&self, args: &[&str], steps: &str) -> Output {
+        Run::new(&self.driver)
+            .arg0("sudo")
+            .args(args)
+            .env("PAMD_SERVICE", "sudo")
+            .env("PAMD_CONFDIR", self.sb.path("pam.d"))
+            .env("PAMD_USER", TEST_USER)
+            .env("PAMD_RUSER", TEST_USER)
+            .env("PAMD_STEPS", steps)
+            .env("PAMD_BLOCK_SIGNALS", "1")
+            .config_ns(self.sb.config_ns())
+            .as_test_user()
+            .timeout(Duration::from_secs(60))
+            .output()
+    }
+
+    /// Send `sig` to every process running this sandbox's driver (the
+    /// host and its request child).
+    fn signal_driver(&self, sig: i32) -> usize {
+        let mut n = 0;
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if fs::read_link(entry.path().join("exe")).ok().as_ref() == Some(&self.driver) {
+                // SAFETY: kill with a pid read from /proc and a signal number.
+                unsafe { libc::kill(pid, sig) };
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Drive on a thread; once a grant is pending, `decide(id)`.
@@ -339,4 +374,54 @@ fn an_idp_that_never_answers_is_bounded() {
         start.elapsed()
     );
     assert!(!p.events().iter().any(|e| e == "grant_run"));
+}
+
+/// Ctrl-C (pending, as sudo blocks it) that lands while the request child
+/// is already fetching the approved grant's token: the module must still
+/// refuse, consume nothing and log the refusal, not authenticate.
+#[test]
+fn an_interrupt_while_the_token_is_fetched_authenticates_nothing() {
+    let Some(p) = setup("pamreq-sig-fetch", true) else {
+        return;
+    };
+    p.stack(AUTH_REQUEST);
+    let (out, id) = std::thread::scope(|s| {
+        let h = s.spawn(|| p.drive_blocked(&["id", "-u"], "auth"));
+        let id = p
+            .idp
+            .wait_for_pending(Duration::from_secs(20))
+            .expect("no pending grant");
+        // The token answer takes 1.5 s (under http.timeout = 2 s).
+        let path = format!("/api/grants/{id}/token");
+        p.idp
+            .set_fault_for(&path, Fault::Slow(Duration::from_millis(1500)));
+        assert!(p.idp.approve(&id, harness::APPROVER));
+        let fetching = |p: &P| {
+            p.idp
+                .requests()
+                .iter()
+                .any(|(m, r)| m == "POST" && *r == path)
+        };
+        let start = std::time::Instant::now();
+        while !fetching(&p) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(fetching(&p), "the token was never fetched");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(p.signal_driver(libc::SIGINT) >= 1);
+        (h.join().unwrap(), id)
+    });
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    assert_eq!(p.idp.consume_count(&id), 0);
+    assert!(
+        !p.events().iter().any(|e| e == "grant_run"),
+        "{:?}",
+        p.events()
+    );
+    let l = p.last();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("request")),
+        "{l}"
+    );
 }

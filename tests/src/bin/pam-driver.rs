@@ -12,6 +12,9 @@
 //! * PAMD_PAMENV: `NAME=value` put into the PAM environment
 //! * PAMD_STEPS: comma list of auth, acct, open, close (default auth)
 //! * PAMD_REPEAT: run the whole cycle N times (default 1)
+//! * PAMD_BLOCK_SIGNALS=1: block SIGINT, SIGQUIT, SIGTERM and SIGHUP for
+//!   the whole run, as sudo does while it authenticates (a Ctrl-C is then
+//!   only pending, and the module has to notice it)
 //!
 //! Output, one per line: `auth=N`, `acct=N`, `open=N`, `close=N` (PAM
 //! codes), `msg=<style>:<text>` for module messages, and finally
@@ -113,6 +116,18 @@ fn main() {
         conv: conversation,
         appdata_ptr: std::ptr::null_mut(),
     };
+    if var("PAMD_BLOCK_SIGNALS").as_deref() == Some("1") {
+        // SAFETY: builds a signal set on the stack and blocks it for this
+        // single-threaded process.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+    }
     let (threads0, fds0) = (count_dir("/proc/self/task"), count_dir("/proc/self/fd"));
     for _ in 0..repeat {
         let mut pamh: *mut c_void = std::ptr::null_mut();
