@@ -296,7 +296,21 @@ pub fn grant_from_idp(
                         ),
                         ..ctx.base("grant_requested")
                     };
-                    ctx.audit.append(&rec)?;
+                    if let Err(e) = ctx.audit.append(&rec) {
+                        // Nothing will run or wait for it: cancel the
+                        // request at the IdP before giving up.
+                        status.clear();
+                        child.cancel();
+                        let until = Instant::now() + cfg.http_timeout + Duration::from_secs(1);
+                        while let Some(left) = until.checked_duration_since(Instant::now()) {
+                            match child.next(left.min(Duration::from_millis(250))) {
+                                Ok(None | Some(Event::Requester(_) | Event::Grant { .. })) => {}
+                                _ => break,
+                            }
+                        }
+                        child.finish(Duration::ZERO);
+                        return Err(e);
+                    }
                 }
                 let _ = writeln!(std::io::stderr().lock(), "Approve at: {url}");
                 if ropts.no_wait {

@@ -338,6 +338,60 @@ fn an_interrupt_while_the_token_is_fetched_runs_nothing() {
     );
 }
 
+/// The `grant_requested` line cannot be written (the audit file system
+/// is full): nothing runs, and the request just made is cancelled at the
+/// IdP before escapes exits (as the PAM module does), so an approver is
+/// never asked to approve a request nobody will wait for or log.
+#[test]
+fn an_unwritable_grant_requested_line_cancels_the_request() {
+    let Some(t) = setup("req-audit-full") else {
+        return;
+    };
+    let log = t.sb.path("log");
+    let mounted = std::process::Command::new("/usr/bin/mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k,mode=0700,uid=0,gid=0",
+            "tmpfs",
+        ])
+        .arg(&log)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("/usr/bin/umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(log.clone());
+    {
+        use std::io::Write as _;
+        let mut f = fs::File::create(log.join("fill")).unwrap();
+        let chunk = vec![b'x'; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let cmd = t.sb.marker_cmd("ran");
+    let out = t.run(&argv(&[], &cmd), Duration::from_secs(30));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(!t.sb.marker_exists("ran"));
+    let ids = t.idp.grant_ids();
+    assert_eq!(ids.len(), 1, "{out}");
+    assert_eq!(
+        t.idp.grant_state(&ids[0]),
+        Some(("denied".into(), Some(AGENT.into()))),
+        "the request was left pending at the IdP: {out}"
+    );
+}
+
 #[test]
 fn a_token_for_another_command_host_or_user_is_refused_at_its_step() {
     let Some(t) = setup("req-swap") else { return };
