@@ -8,7 +8,9 @@
 //! (the control pipe closes: the work can still clean up, e.g. cancel a
 //! request at the IdP, and must end within its own bounded time), keeps only
 //! its two pipe ends and /dev/null on 0–2, ignores the terminal's signals
-//! (the parent decides when to stop it), and always ends with `_exit`:
+//! (the parent decides when to stop it) and keeps no signal handler of
+//! the host (every other signal is at its default), and always ends with
+//! `_exit`:
 //! it never returns into the caller's code, no panic unwinds out of it,
 //! and it starts no thread.
 //!
@@ -331,6 +333,15 @@ fn child_setup(caller: &Caller, parent: libc::pid_t, keep: &[RawFd]) -> Result<(
     // SAFETY: signal dispositions and the mask of this (single-threaded)
     // child; SIG_IGN and SIG_DFL are not handlers that run code.
     unsafe {
+        // No handler of the host survives (sudo has its own for SIGUSR1,
+        // SIGUSR2, ... while it authenticates): the caller may signal this
+        // child and must not run the host's code in it. Signals the C
+        // library reserves refuse the change; that is fine.
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
         for sig in [
             libc::SIGINT,
             libc::SIGTERM,
@@ -498,6 +509,42 @@ mod tests {
             result = child.next(Duration::from_secs(5));
         }
         assert!(result.is_err());
+    }
+
+    /// A PAM host's own signal handlers (sudo 1.9 has one for SIGUSR1 and
+    /// SIGUSR2 while it authenticates, writing to its self-pipe) must not
+    /// stay in the child: the caller may signal the child, and would run
+    /// the host's code there, on whatever descriptor now has that number.
+    #[test]
+    fn the_hosts_signal_handlers_are_not_inherited() {
+        extern "C" fn host_handler(_: libc::c_int) {}
+        let handler: extern "C" fn(libc::c_int) = host_handler;
+        // SAFETY: installs a handler that does nothing for SIGUSR2 in this
+        // test process (no other test uses SIGUSR2) and keeps the old one.
+        let old = unsafe { libc::signal(libc::SIGUSR2, handler as libc::sighandler_t) };
+        let mut child = spawn(&me(), |chan| {
+            // SAFETY: queries the disposition into a zeroed sigaction on
+            // this stack frame; nothing is changed.
+            let current = unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(libc::SIGUSR2, std::ptr::null(), &mut sa);
+                sa.sa_sigaction
+            };
+            chan.send(
+                "usr2",
+                if current == libc::SIG_DFL {
+                    "default"
+                } else {
+                    "host handler"
+                },
+            );
+            0
+        })
+        .unwrap();
+        let seen = child.next(Duration::from_secs(5)).unwrap();
+        // SAFETY: puts back what was there before this test.
+        unsafe { libc::signal(libc::SIGUSR2, old) };
+        assert_eq!(seen, Next::Line("usr2".into(), "default".into()));
     }
 
     #[test]
