@@ -296,7 +296,21 @@ pub fn grant_from_idp(
                         ),
                         ..ctx.base("grant_requested")
                     };
-                    ctx.audit.append(&rec)?;
+                    if let Err(e) = ctx.audit.append(&rec) {
+                        // Nothing will run or wait for it: cancel the
+                        // request at the IdP before giving up.
+                        status.clear();
+                        child.cancel();
+                        let until = Instant::now() + cfg.http_timeout + Duration::from_secs(1);
+                        while let Some(left) = until.checked_duration_since(Instant::now()) {
+                            match child.next(left.min(Duration::from_millis(250))) {
+                                Ok(None | Some(Event::Requester(_) | Event::Grant { .. })) => {}
+                                _ => break,
+                            }
+                        }
+                        child.finish(Duration::ZERO);
+                        return Err(e);
+                    }
                 }
                 let _ = writeln!(std::io::stderr().lock(), "Approve at: {url}");
                 if ropts.no_wait {
@@ -308,6 +322,15 @@ pub fn grant_from_idp(
             Event::Token(jwt) => {
                 status.clear();
                 child.finish(Duration::from_millis(500));
+                // An interrupt that crossed the approval (the child was
+                // already fetching the token) still means stop: the
+                // caller asked for nothing to run. The default actions
+                // come back first, so none can slip in after this look.
+                drop(signals);
+                let late = Signals::caught();
+                if let Some(sig) = stopping.map(|(s, _)| s).or((late != 0).then_some(late)) {
+                    return Err(interrupted(sig, grant.as_deref(), false));
+                }
                 return Ok(Some(jwt));
             }
             Event::Pending => {

@@ -16,7 +16,7 @@ use ed25519_dalek::SigningKey;
 use openape_tests::harness::{
     self, Output, Run, Sandbox, TEST_USER, TestUser, artefact, set_owner_mode, test_user,
 };
-use openape_tests::idp::{TestIdp, TokenSwap};
+use openape_tests::idp::{Fault, TestIdp, TokenSwap};
 use pam_openape::request::keys;
 use serde_json::Value;
 
@@ -99,6 +99,52 @@ impl P {
             .as_test_user()
             .timeout(Duration::from_secs(60))
             .output()
+    }
+
+    /// `drive` with more PAMD_* settings for the driver.
+    fn drive_env(&self, args: &[&str], steps: &str, env: &[(&str, &str)]) -> Output {
+        Run::new(&self.driver)
+            .arg0("sudo")
+            .args(args)
+            .env("PAMD_SERVICE", "sudo")
+            .env("PAMD_CONFDIR", self.sb.path("pam.d"))
+            .env("PAMD_USER", TEST_USER)
+            .env("PAMD_RUSER", TEST_USER)
+            .env("PAMD_STEPS", steps)
+            .envs(env.iter().copied())
+            .config_ns(self.sb.config_ns())
+            .as_test_user()
+            .timeout(Duration::from_secs(60))
+            .output()
+    }
+
+    /// `drive` with the interrupts blocked for the whole run, as sudo
+    /// blocks them while it authenticates.
+    fn drive_blocked(&self, args: &[&str], steps: &str) -> Output {
+        self.drive_env(args, steps, &[("PAMD_BLOCK_SIGNALS", "1")])
+    }
+
+    /// Pids of the processes running this sandbox's driver.
+    fn driver_pids(&self) -> Vec<i32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+                (fs::read_link(e.path().join("exe")).ok()? == self.driver).then_some(pid)
+            })
+            .collect()
+    }
+
+    /// Send `sig` to every process running this sandbox's driver (the
+    /// host and its request child).
+    fn signal_driver(&self, sig: i32) -> usize {
+        let pids = self.driver_pids();
+        for pid in &pids {
+            // SAFETY: kill with a pid read from /proc and a signal number.
+            unsafe { libc::kill(*pid, sig) };
+        }
+        pids.len()
     }
 
     /// Drive on a thread; once a grant is pending, `decide(id)`.
@@ -343,4 +389,141 @@ fn an_idp_that_never_answers_is_bounded() {
         start.elapsed()
     );
     assert!(!p.events().iter().any(|e| e == "grant_run"));
+}
+
+/// Ctrl-C (pending, as sudo blocks it) that lands while the request child
+/// is already fetching the approved grant's token: the module must still
+/// refuse, consume nothing and log the refusal, not authenticate.
+#[test]
+fn an_interrupt_while_the_token_is_fetched_authenticates_nothing() {
+    let Some(p) = setup("pamreq-sig-fetch", true) else {
+        return;
+    };
+    p.stack(AUTH_REQUEST);
+    let (out, id) = std::thread::scope(|s| {
+        let h = s.spawn(|| p.drive_blocked(&["id", "-u"], "auth"));
+        let id = p
+            .idp
+            .wait_for_pending(Duration::from_secs(20))
+            .expect("no pending grant");
+        // The token answer takes 1.5 s (under http.timeout = 2 s).
+        let path = format!("/api/grants/{id}/token");
+        p.idp
+            .set_fault_for(&path, Fault::Slow(Duration::from_millis(1500)));
+        assert!(p.idp.approve(&id, harness::APPROVER));
+        let fetching = |p: &P| {
+            p.idp
+                .requests()
+                .iter()
+                .any(|(m, r)| m == "POST" && *r == path)
+        };
+        let start = std::time::Instant::now();
+        while !fetching(&p) && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(fetching(&p), "the token was never fetched");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(p.signal_driver(libc::SIGINT) >= 1);
+        (h.join().unwrap(), id)
+    });
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    assert_eq!(p.idp.consume_count(&id), 0);
+    assert!(
+        !p.events().iter().any(|e| e == "grant_run"),
+        "{:?}",
+        p.events()
+    );
+    let l = p.last();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("request")),
+        "{l}"
+    );
+}
+
+/// util-linux su keeps a caller's SIG_IGN for SIGCHLD while it
+/// authenticates (measured), so the kernel reaps the request child the
+/// moment it ends, and its pid is free. Here the host (the driver, set up
+/// that way) is held up showing the approval link (a stopped terminal)
+/// while the child reaches its deadline and ends; another process, not the
+/// host's, then gets the child's pid. When the host comes back past the
+/// deadline, the module stops "the child": it must not kill that process.
+#[test]
+fn a_pid_reused_after_the_request_child_ended_is_not_killed() {
+    let Some(p) = setup("pamreq-pid-reuse", true) else {
+        return;
+    };
+    // Deadline 1 s; the module gives up 1 + 5 * 2 + 2 = 13 s after start.
+    p.stack(&AUTH_REQUEST.replace("request\n", "request request_timeout=1\n"));
+    let (out, placed) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            p.drive_env(
+                &["id", "-u"],
+                "auth",
+                &[
+                    ("PAMD_IGNORE_SIGCHLD", "1"),
+                    ("PAMD_INFO_DELAY_MS", "15000"),
+                ],
+            )
+        });
+        // The request child: the driver process whose parent is a driver.
+        let start = std::time::Instant::now();
+        let mut child = None;
+        while child.is_none() && start.elapsed() < Duration::from_secs(10) {
+            let pids = p.driver_pids();
+            child = pids.iter().copied().find(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|st| {
+                        st.lines()
+                            .find_map(|l| l.strip_prefix("PPid:"))
+                            .and_then(|v| v.trim().parse::<i32>().ok())
+                    })
+                    .is_some_and(|ppid| pids.contains(&ppid))
+            });
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let child = child.expect("no request child");
+        // It ends at its deadline (after cancelling) and the kernel reaps it.
+        let start = std::time::Instant::now();
+        while fs::metadata(format!("/proc/{child}")).is_ok()
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            fs::metadata(format!("/proc/{child}")).is_err(),
+            "the request child did not end"
+        );
+        // Another process takes its pid (ns_last_pid makes it the next).
+        let mut placed = None;
+        for _ in 0..100 {
+            fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", child - 1)).unwrap();
+            let mut v = std::process::Command::new("/bin/sleep")
+                .arg("60")
+                .spawn()
+                .unwrap();
+            if i32::try_from(v.id()).ok() == Some(child) {
+                placed = Some(v);
+                break;
+            }
+            let _ = v.kill();
+            let _ = v.wait();
+        }
+        (h.join().unwrap(), placed)
+    });
+    let Some(mut victim) = placed else {
+        eprintln!("skipped: could not place a process at the freed pid");
+        return;
+    };
+    let alive = victim.try_wait().unwrap().is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    assert!(
+        alive,
+        "the module killed pid {}, which was no longer its request child",
+        victim.id()
+    );
+    assert_eq!(p.last()["step"], "request");
 }

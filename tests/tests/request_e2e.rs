@@ -296,6 +296,102 @@ fn signals_while_waiting_cancel_and_run_nothing() {
     }
 }
 
+/// Ctrl-C that lands while the child is already fetching the approved
+/// grant's token (the approval and the interrupt cross): the caller said
+/// stop, so nothing runs and the grant is not spent, even though a token
+/// arrives after the interrupt.
+#[test]
+fn an_interrupt_while_the_token_is_fetched_runs_nothing() {
+    let Some(t) = setup("req-sig-fetch") else {
+        return;
+    };
+    let cmd = t.sb.marker_cmd("ran");
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(|| t.run(&argv(&[], &cmd), Duration::from_secs(30)));
+        let id = t
+            .idp
+            .wait_for_pending(Duration::from_secs(15))
+            .expect("no pending grant");
+        // The token answer takes 1.5 s (under http.timeout = 2 s): the
+        // interrupt arrives while the child waits for it.
+        let path = format!("/api/grants/{id}/token");
+        t.idp
+            .set_fault_for(&path, Fault::Slow(Duration::from_millis(1500)));
+        assert!(t.idp.approve(&id, APPROVER));
+        let start = Instant::now();
+        while t.count("POST", &path) == 0 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(t.count("POST", &path), 1, "the token was never fetched");
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(signal_escapes(&t.sb, libc::SIGINT) >= 1);
+        (h.join().unwrap(), id)
+    });
+    let (out, id) = out;
+    assert_eq!(out.code, 130, "{out}");
+    assert!(!t.sb.marker_exists("ran"), "ran after Ctrl-C: {out}");
+    assert_eq!(t.idp.consume_count(&id), 0);
+    let l = t.last();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("request"))
+    );
+}
+
+/// The `grant_requested` line cannot be written (the audit file system
+/// is full): nothing runs, and the request just made is cancelled at the
+/// IdP before escapes exits (as the PAM module does), so an approver is
+/// never asked to approve a request nobody will wait for or log.
+#[test]
+fn an_unwritable_grant_requested_line_cancels_the_request() {
+    let Some(t) = setup("req-audit-full") else {
+        return;
+    };
+    let log = t.sb.path("log");
+    let mounted = std::process::Command::new("/usr/bin/mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k,mode=0700,uid=0,gid=0",
+            "tmpfs",
+        ])
+        .arg(&log)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("/usr/bin/umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(log.clone());
+    {
+        use std::io::Write as _;
+        let mut f = fs::File::create(log.join("fill")).unwrap();
+        let chunk = vec![b'x'; 4096];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let cmd = t.sb.marker_cmd("ran");
+    let out = t.run(&argv(&[], &cmd), Duration::from_secs(30));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(!t.sb.marker_exists("ran"));
+    let ids = t.idp.grant_ids();
+    assert_eq!(ids.len(), 1, "{out}");
+    assert_eq!(
+        t.idp.grant_state(&ids[0]),
+        Some(("denied".into(), Some(AGENT.into()))),
+        "the request was left pending at the IdP: {out}"
+    );
+}
+
 #[test]
 fn a_token_for_another_command_host_or_user_is_refused_at_its_step() {
     let Some(t) = setup("req-swap") else { return };

@@ -250,6 +250,15 @@ pub fn grant(
             }
             Event::Token(jwt) => {
                 child.finish(Duration::from_millis(500));
+                // An interrupt that crossed the approval (the child was
+                // already fetching the token) still means stop.
+                if let Some(sig) = stopping.map(|(s, _)| s).or_else(ffi::pending_interrupt) {
+                    break Denial::new(
+                        Step::Request,
+                        Kind::Interrupted(sig),
+                        "interrupted; the grant was approved as the interrupt came and is left unused; nothing ran",
+                    );
+                }
                 return Outcome::Token(jwt);
             }
             Event::Pending => {

@@ -8,7 +8,9 @@
 //! (the control pipe closes: the work can still clean up, e.g. cancel a
 //! request at the IdP, and must end within its own bounded time), keeps only
 //! its two pipe ends and /dev/null on 0–2, ignores the terminal's signals
-//! (the parent decides when to stop it), and always ends with `_exit`:
+//! (the parent decides when to stop it) and keeps no signal handler of
+//! the host (every other signal is at its default), and always ends with
+//! `_exit`:
 //! it never returns into the caller's code, no panic unwinds out of it,
 //! and it starts no thread.
 //!
@@ -144,6 +146,11 @@ pub enum Next {
 /// The parent's handle. Dropping it kills and reaps the child.
 pub struct Child {
     pid: libc::pid_t,
+    /// The child as a pidfd (Linux 5.3 and later): the kill and the wait
+    /// reach this very process, never one that got its pid after the
+    /// kernel reaped the child (a host that ignores SIGCHLD, as su does
+    /// with a caller's SIG_IGN). `None`: by pid (older kernels).
+    pidfd: Option<OwnedFd>,
     down: Option<OwnedFd>,
     up: OwnedFd,
     buf: Vec<u8>,
@@ -234,34 +241,136 @@ impl Child {
         if self.reaped {
             return;
         }
-        // SAFETY: kill and waitpid on our own child's pid, which stays ours
-        // until it is reaped here.
-        unsafe {
-            libc::kill(self.pid, libc::SIGKILL);
-            let mut status = 0;
-            while libc::waitpid(self.pid, &mut status, 0) < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-            {
+        match &self.pidfd {
+            Some(fd) => {
+                // SAFETY: pidfd_send_signal on our own pidfd, with no
+                // siginfo; it fails (ESRCH) once the child is gone.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd.as_raw_fd(),
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0 as libc::c_uint,
+                    )
+                };
+            }
+            None => {
+                // Without a pidfd: a child the kernel reaped already
+                // (SIGCHLD ignored) is not ours any more; do not signal
+                // its pid. What is left is the instant between this look
+                // and the kill.
+                if self.wait(libc::WNOHANG) == Wait::Gone {
+                    self.reaped = true;
+                    self.closed = true;
+                    return;
+                }
+                // SAFETY: kill on our own child's pid, still unreaped a
+                // moment ago (see above).
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
             }
         }
+        while self.wait(0) == Wait::Interrupted {}
         self.reaped = true;
         self.closed = true;
+    }
+
+    /// Reap the child if it has exited (`options` 0: wait until it has).
+    fn wait(&self, options: libc::c_int) -> Wait {
+        let rc = match &self.pidfd {
+            Some(fd) => {
+                // SAFETY: a zeroed siginfo_t on this stack frame, which
+                // waitid fills; the id is our own pidfd.
+                unsafe {
+                    let mut info: libc::siginfo_t = std::mem::zeroed();
+                    let rc = libc::waitid(
+                        libc::P_PIDFD,
+                        fd.as_raw_fd() as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | options,
+                    );
+                    if rc == 0 && info.si_pid() == 0 {
+                        return Wait::Running;
+                    }
+                    rc
+                }
+            }
+            None => {
+                let mut status = 0;
+                // SAFETY: waitpid on our own child's pid (see `kill`).
+                let rc = unsafe { libc::waitpid(self.pid, &mut status, options) };
+                if rc == 0 {
+                    return Wait::Running;
+                }
+                rc
+            }
+        };
+        if rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            return Wait::Interrupted;
+        }
+        // Reaped now, or gone already (ECHILD: the kernel reaped it).
+        Wait::Gone
     }
 
     /// Wait up to `wait` for the child to exit by itself; kill it then.
     pub fn finish(&mut self, wait: Duration) {
         let start = Instant::now();
         while !self.reaped && start.elapsed() < wait {
-            let mut status = 0;
-            // SAFETY: non-blocking waitpid on our own child.
-            let rc = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
-            if rc == self.pid || rc < 0 {
+            if self.wait(libc::WNOHANG) == Wait::Gone {
                 self.reaped = true;
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.kill();
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Running,
+    Interrupted,
+    Gone,
+}
+
+/// A pidfd for `pid`, our child just forked, if the kernel has them. If
+/// the child is already gone and its pid taken by a process that is not
+/// ours, there is nothing to stop: `Err(())`.
+fn child_pidfd(pid: libc::pid_t) -> Result<Option<OwnedFd>, ()> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new
+    // descriptor (close-on-exec) or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    let Ok(fd) = libc::c_int::try_from(fd) else {
+        return Ok(None);
+    };
+    if fd < 0 {
+        return match std::io::Error::last_os_error().raw_os_error() {
+            // Gone already (the kernel reaped it) and the pid unused.
+            Some(libc::ESRCH) => Err(()),
+            _ => Ok(None),
+        };
+    }
+    // SAFETY: a descriptor just returned to us and owned only here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed siginfo_t on this stack frame, which waitid fills;
+    // WNOWAIT leaves the child as it is.
+    let rc = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(
+            libc::P_PIDFD,
+            fd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    if rc == 0 {
+        return Ok(Some(fd));
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        // Not our child: ours is gone and its pid taken.
+        Some(libc::ECHILD) => Err(()),
+        // waitid cannot take a pidfd (Linux 5.3): by pid, as without one.
+        _ => Ok(None),
     }
 }
 
@@ -331,6 +440,15 @@ fn child_setup(caller: &Caller, parent: libc::pid_t, keep: &[RawFd]) -> Result<(
     // SAFETY: signal dispositions and the mask of this (single-threaded)
     // child; SIG_IGN and SIG_DFL are not handlers that run code.
     unsafe {
+        // No handler of the host survives (sudo has its own for SIGUSR1,
+        // SIGUSR2, ... while it authenticates): the caller may signal this
+        // child and must not run the host's code in it. Signals the C
+        // library reserves refuse the change; that is fine.
+        for sig in 1..=libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
         for sig in [
             libc::SIGINT,
             libc::SIGTERM,
@@ -424,14 +542,19 @@ pub fn spawn(caller: &Caller, work: impl FnOnce(&mut Channel) -> i32) -> Result<
     }
     drop(up_w);
     drop(down_r);
+    let (pidfd, reaped) = match child_pidfd(pid) {
+        Ok(fd) => (fd, false),
+        Err(()) => (None, true),
+    };
     Ok(Child {
         pid,
+        pidfd,
         down: Some(down_w),
         up: up_r,
         buf: Vec::new(),
         total: 0,
         closed: false,
-        reaped: false,
+        reaped,
     })
 }
 
@@ -498,6 +621,144 @@ mod tests {
             result = child.next(Duration::from_secs(5));
         }
         assert!(result.is_err());
+    }
+
+    /// A PAM host's own signal handlers (sudo 1.9 has one for SIGUSR1 and
+    /// SIGUSR2 while it authenticates, writing to its self-pipe) must not
+    /// stay in the child: the caller may signal the child, and would run
+    /// the host's code there, on whatever descriptor now has that number.
+    #[test]
+    fn the_hosts_signal_handlers_are_not_inherited() {
+        extern "C" fn host_handler(_: libc::c_int) {}
+        let handler: extern "C" fn(libc::c_int) = host_handler;
+        // SAFETY: installs a handler that does nothing for SIGUSR2 in this
+        // test process (no other test uses SIGUSR2) and keeps the old one.
+        let old = unsafe { libc::signal(libc::SIGUSR2, handler as libc::sighandler_t) };
+        let mut child = spawn(&me(), |chan| {
+            // SAFETY: queries the disposition into a zeroed sigaction on
+            // this stack frame; nothing is changed.
+            let current = unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                libc::sigaction(libc::SIGUSR2, std::ptr::null(), &mut sa);
+                sa.sa_sigaction
+            };
+            chan.send(
+                "usr2",
+                if current == libc::SIG_DFL {
+                    "default"
+                } else {
+                    "host handler"
+                },
+            );
+            0
+        })
+        .unwrap();
+        let seen = child.next(Duration::from_secs(5)).unwrap();
+        // SAFETY: puts back what was there before this test.
+        unsafe { libc::signal(libc::SIGUSR2, old) };
+        assert_eq!(seen, Next::Line("usr2".into(), "default".into()));
+    }
+
+    /// A host that ignores SIGCHLD has its children reaped by the kernel
+    /// the moment they exit (util-linux su keeps a caller's SIG_IGN while
+    /// it authenticates: measured). The child's pid is then free and may
+    /// belong to another process by the time the parent stops the child
+    /// (su blocked in the conversation for minutes, then over the
+    /// deadline). Stopping the child must never signal that process.
+    #[test]
+    fn a_pid_reused_after_the_kernel_reaped_the_child_is_never_signalled() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (to place a process at a given pid)");
+            return;
+        }
+        // SAFETY: SIG_IGN for SIGCHLD in this test process, put back below;
+        // the other tests here reap with waitpid, which copes with it.
+        let old = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+        // The child lives until told to stop, then exits by itself.
+        let mut child = spawn(&me(), |chan| {
+            chan.stop_requested(Duration::from_secs(10));
+            0
+        })
+        .unwrap();
+        let pid = child.pid;
+        assert!(!child.reaped);
+        child.request_stop();
+        let gone = |p: libc::pid_t| {
+            // SAFETY: kill with signal 0 only checks that the pid exists.
+            unsafe { libc::kill(p, 0) != 0 }
+        };
+        let start = Instant::now();
+        while !gone(pid) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(gone(pid), "the child was not reaped by the kernel");
+        // Another process, not ours (its parent exits at once), takes the
+        // pid: ns_last_pid, written just before its fork, makes it next.
+        let last = format!("{}", pid - 1);
+        let mut victim = 0;
+        for _ in 0..50 {
+            let (r, w) = pipe().unwrap();
+            // SAFETY: the forked processes only open, write, fork, wait
+            // for signals (pause) and _exit: async-signal-safe calls on
+            // descriptors and memory prepared before the fork.
+            let mid = unsafe { libc::fork() };
+            if mid == 0 {
+                // SAFETY: see the fork above; `last` and `w` were made
+                // before it.
+                unsafe {
+                    let f = libc::open(c"/proc/sys/kernel/ns_last_pid".as_ptr(), libc::O_WRONLY);
+                    libc::write(f, last.as_ptr().cast(), last.len());
+                    libc::close(f);
+                    let v = libc::fork();
+                    if v == 0 {
+                        loop {
+                            libc::pause();
+                        }
+                    }
+                    libc::write(w.as_raw_fd(), (&raw const v).cast(), 4);
+                    libc::_exit(0);
+                }
+            }
+            drop(w);
+            let mut got: libc::pid_t = 0;
+            // SAFETY: reads at most four bytes into a local pid_t.
+            let n = unsafe { libc::read(r.as_raw_fd(), (&raw mut got).cast(), 4) };
+            if n == 4 && got == pid {
+                victim = got;
+                break;
+            }
+            if n == 4 && got > 0 {
+                // SAFETY: the process placed for this test, at another pid.
+                unsafe { libc::kill(got, libc::SIGKILL) };
+            }
+        }
+        if victim == 0 {
+            // SAFETY: puts back the old disposition.
+            unsafe { libc::signal(libc::SIGCHLD, old) };
+            eprintln!("skipped: could not place a process at pid {pid}");
+            return;
+        }
+        child.finish(Duration::ZERO);
+        drop(child);
+        std::thread::sleep(Duration::from_millis(50));
+        // Alive, and not a zombie waiting for a parent that does not reap.
+        let survived = std::fs::read_to_string(format!("/proc/{victim}/stat"))
+            .ok()
+            .and_then(|st| {
+                st.rsplit_once(')')
+                    .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false);
+        // SAFETY: the process placed for this test; then the old
+        // disposition.
+        unsafe {
+            libc::kill(victim, libc::SIGKILL);
+            libc::signal(libc::SIGCHLD, old);
+        }
+        assert!(
+            survived,
+            "stopping the child killed pid {victim}, which is not the child"
+        );
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //! * PAMD_PAMENV: `NAME=value` put into the PAM environment
 //! * PAMD_STEPS: comma list of auth, acct, open, close (default auth)
 //! * PAMD_REPEAT: run the whole cycle N times (default 1)
+//! * PAMD_BLOCK_SIGNALS=1: block SIGINT, SIGQUIT, SIGTERM and SIGHUP for
+//!   the whole run, as sudo does while it authenticates (a Ctrl-C is then
+//!   only pending, and the module has to notice it)
+//! * PAMD_IGNORE_SIGCHLD=1: SIGCHLD ignored for the whole run, as util-linux
+//!   su keeps it when its caller ignored it (the kernel then reaps children)
+//! * PAMD_INFO_DELAY_MS=N: the first informational message (PAM_TEXT_INFO)
+//!   takes N ms to show, like a terminal whose output is stopped
 //!
 //! Output, one per line: `auth=N`, `acct=N`, `open=N`, `close=N` (PAM
 //! codes), `msg=<style>:<text>` for module messages, and finally
@@ -88,13 +95,26 @@ extern "C" fn conversation(
                 // string is freed by libpam.
                 unsafe { (*out.add(i)).resp = libc::strdup(answer.as_ptr()) };
             }
-            style => println!("msg={style}:{}", text.replace('\n', "\\n")),
+            style => {
+                println!("msg={style}:{}", text.replace('\n', "\\n"));
+                if style == 4
+                    && let Some(ms) = std::env::var("PAMD_INFO_DELAY_MS")
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok())
+                    && !INFO_DELAYED.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+            }
         }
     }
     // SAFETY: resp is the out-pointer libpam gave us.
     unsafe { *resp = out };
     0
 }
+
+/// The first PAM_TEXT_INFO was delayed already (PAMD_INFO_DELAY_MS).
+static INFO_DELAYED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn count_dir(path: &str) -> usize {
     std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
@@ -113,6 +133,22 @@ fn main() {
         conv: conversation,
         appdata_ptr: std::ptr::null_mut(),
     };
+    if var("PAMD_IGNORE_SIGCHLD").as_deref() == Some("1") {
+        // SAFETY: sets SIGCHLD to SIG_IGN in this single-threaded process.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    }
+    if var("PAMD_BLOCK_SIGNALS").as_deref() == Some("1") {
+        // SAFETY: builds a signal set on the stack and blocks it for this
+        // single-threaded process.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+    }
     let (threads0, fds0) = (count_dir("/proc/self/task"), count_dir("/proc/self/fd"));
     for _ in 0..repeat {
         let mut pamh: *mut c_void = std::ptr::null_mut();
