@@ -118,6 +118,43 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
     true
 }
 
+/// [`write_all`] with SIGPIPE held for this thread: if the child is gone
+/// (its end of the pipe closed), the write fails with EPIPE and the signal
+/// it raised is taken back, so the host (su keeps the default SIGPIPE) is
+/// never killed by it. A SIGPIPE that was pending before stays pending.
+fn write_without_sigpipe(fd: RawFd, buf: &[u8]) -> bool {
+    // SAFETY: sigset operations on locals of this frame; pthread_sigmask
+    // changes only this thread's mask and is restored before returning;
+    // sigtimedwait with a zero timeout takes at most the one SIGPIPE that
+    // our own write raised (the kernel directs it at this thread).
+    unsafe {
+        let mut pipe_only: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pipe_only);
+        libc::sigaddset(&mut pipe_only, libc::SIGPIPE);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &pipe_only, &mut old) != 0 {
+            return false;
+        }
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pending);
+        libc::sigpending(&mut pending);
+        let was_pending = libc::sigismember(&pending, libc::SIGPIPE) == 1;
+        let ok = write_all(fd, buf);
+        if !ok && !was_pending {
+            let now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            while libc::sigtimedwait(&pipe_only, std::ptr::null_mut(), &now) < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {
+            }
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        ok
+    }
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), Denial> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array we pass.
@@ -164,7 +201,7 @@ impl Child {
     /// mode cancels the grant request). It may still send lines.
     pub fn request_stop(&mut self) {
         if let Some(fd) = self.down.take() {
-            let _ = write_all(fd.as_raw_fd(), b"x");
+            let _ = write_without_sigpipe(fd.as_raw_fd(), b"x");
             drop(fd);
         }
     }
@@ -627,6 +664,31 @@ mod tests {
     /// SIGUSR2 while it authenticates, writing to its self-pipe) must not
     /// stay in the child: the caller may signal the child, and would run
     /// the host's code there, on whatever descriptor now has that number.
+    /// A host with the default SIGPIPE (su) must survive asking a child
+    /// that is already gone to stop: the write to its closed pipe fails
+    /// quietly instead of killing the host.
+    #[test]
+    fn asking_a_dead_child_to_stop_raises_no_sigpipe() {
+        let mut child = spawn(&me(), |_| 0).unwrap();
+        child.finish(Duration::from_secs(5));
+        // SAFETY: SIGPIPE to its default for this test process (Rust's
+        // runtime ignores it), restored below; no other test here writes
+        // to a closed pipe.
+        let old = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        child.request_stop();
+        // SAFETY: a zeroed sigset on this frame, filled by sigpending.
+        let still_pending = unsafe {
+            let mut pending: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut pending);
+            libc::sigismember(&pending, libc::SIGPIPE) == 1
+        };
+        // SAFETY: puts back what was there before this test.
+        unsafe { libc::signal(libc::SIGPIPE, old) };
+        // Reaching this line at all is the test (SIGPIPE at its default
+        // would have killed the process); nothing is left pending either.
+        assert!(!still_pending);
+    }
+
     #[test]
     fn the_hosts_signal_handlers_are_not_inherited() {
         extern "C" fn host_handler(_: libc::c_int) {}
