@@ -1288,3 +1288,42 @@ impl Drop for Sandbox {
         let _ = fs::remove_dir_all(&self.root);
     }
 }
+
+/// A small tmpfs mounted over `dir` (root's, 0700) and filled to the
+/// last byte: the audit log's file system with no room left. Unmounted
+/// (lazily) when dropped. `None` when it cannot be mounted here.
+pub struct FullTmpfs(PathBuf);
+
+impl FullTmpfs {
+    pub fn mount(dir: &Path) -> Option<FullTmpfs> {
+        let mounted = Command::new("/usr/bin/mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=64k,mode=0700,uid=0,gid=0",
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            return None;
+        }
+        let guard = FullTmpfs(dir.to_path_buf());
+        if let Ok(mut f) = File::create(dir.join("fill")) {
+            let chunk = vec![b'x'; 4096];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        Some(guard)
+    }
+}
+
+impl Drop for FullTmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/bin/umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}

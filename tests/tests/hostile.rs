@@ -54,8 +54,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use openape_tests::harness::{
-    APPROVER, ConfigBuilder, ConfigNs, HOST, Output, Run, SANE_PATH, Sandbox, TEST_USER, artefact,
-    exec_raw, passwd_home, require_root, set_owner_mode, test_user, toml_str,
+    APPROVER, ConfigBuilder, ConfigNs, FullTmpfs, HOST, Output, Run, SANE_PATH, Sandbox, TEST_USER,
+    artefact, exec_raw, passwd_home, require_root, set_owner_mode, test_user, toml_str,
 };
 use openape_tests::http_client;
 use openape_tests::idp::{Fault, GrantSpec, GrantType, Issued, TestIdp, TokenSwap};
@@ -609,18 +609,6 @@ impl Drop for TlsFront {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Unmounts (lazily) on drop.
-struct MountGuard(PathBuf);
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("/usr/bin/umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
     }
 }
 
@@ -2109,24 +2097,9 @@ fn argc_zero(c: &Ctx) -> Vec<Obs> {
 
 fn full_disk(c: &Ctx) -> Input {
     let log = c.path("log");
-    let ok = Command::new("/usr/bin/mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=64k,mode=0700,uid=0,gid=0",
-            "tmpfs",
-        ])
-        .arg(&log)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "cannot mount a tmpfs on {}", log.display());
-    c.keep(MountGuard(log.clone()));
-    // Fill it.
-    if let Ok(mut f) = fs::File::create(log.join("fill")) {
-        let chunk = vec![b'x'; 4096];
-        while f.write_all(&chunk).is_ok() {}
-    }
+    let full = FullTmpfs::mount(&log)
+        .unwrap_or_else(|| panic!("cannot mount a tmpfs on {}", log.display()));
+    c.keep(full);
     let t = c.grant(&c.marker_cmd());
     c.input(t)
 }

@@ -87,18 +87,7 @@ impl P {
 
     /// `sudo ARGS` through the setuid driver, as the test user.
     fn drive(&self, args: &[&str], steps: &str) -> Output {
-        Run::new(&self.driver)
-            .arg0("sudo")
-            .args(args)
-            .env("PAMD_SERVICE", "sudo")
-            .env("PAMD_CONFDIR", self.sb.path("pam.d"))
-            .env("PAMD_USER", TEST_USER)
-            .env("PAMD_RUSER", TEST_USER)
-            .env("PAMD_STEPS", steps)
-            .config_ns(self.sb.config_ns())
-            .as_test_user()
-            .timeout(Duration::from_secs(60))
-            .output()
+        self.drive_env(args, steps, &[])
     }
 
     /// `drive` with more PAMD_* settings for the driver.

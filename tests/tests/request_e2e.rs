@@ -347,38 +347,10 @@ fn an_unwritable_grant_requested_line_cancels_the_request() {
     let Some(t) = setup("req-audit-full") else {
         return;
     };
-    let log = t.sb.path("log");
-    let mounted = std::process::Command::new("/usr/bin/mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=64k,mode=0700,uid=0,gid=0",
-            "tmpfs",
-        ])
-        .arg(&log)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_full) = harness::FullTmpfs::mount(&t.sb.path("log")) else {
         eprintln!("skipped: cannot mount a tmpfs here");
         return;
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("/usr/bin/umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unmount = Unmount(log.clone());
-    {
-        use std::io::Write as _;
-        let mut f = fs::File::create(log.join("fill")).unwrap();
-        let chunk = vec![b'x'; 4096];
-        while f.write_all(&chunk).is_ok() {}
-    }
+    };
     let cmd = t.sb.marker_cmd("ran");
     let out = t.run(&argv(&[], &cmd), Duration::from_secs(30));
     assert_eq!(out.code, 1, "{out}");
