@@ -897,6 +897,14 @@ impl TestIdp {
         }
     }
 
+    /// Approve a pending grant, with its token answer slowed by `delay`
+    /// first: whoever fetches the token waits that long for it (to land a
+    /// signal during the fetch).
+    pub fn approve_with_slow_token(&self, grant_id: &str, approver: &str, delay: Duration) -> bool {
+        self.set_fault_for(&format!("/api/grants/{grant_id}/token"), Fault::Slow(delay));
+        self.approve(grant_id, approver)
+    }
+
     /// Deny a pending grant as `approver`; false if it is not pending.
     pub fn deny(&self, grant_id: &str, approver: &str) -> bool {
         let mut st = self.shared.lock();

@@ -534,3 +534,13 @@ pub fn with_common_stacks(ps: &PamSandbox) -> bool {
     }
     true
 }
+
+/// A PAM stack where only a grant authenticates (the password stand-in
+/// always fails). `@SO@` and `@CFG@` as in [`shipped`].
+pub const GRANT_OR_DENY_STACK: &str = "\
+#%PAM-1.0
+auth     sufficient @SO@ config=@CFG@ nonint
+auth     required   pam_deny.so
+account  required   pam_permit.so
+session  required   pam_permit.so
+";

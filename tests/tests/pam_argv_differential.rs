@@ -45,14 +45,7 @@ use openape_tests::sudo_ns::{PamSandbox, SudoImpl, require_root, shell_quote};
 use pam_openape::invocation::{self, UserSpec};
 use serde_json::Value;
 
-/// sudo: only a grant authenticates (anything else is denied).
-const SUDO_STACK: &str = "\
-#%PAM-1.0
-auth     sufficient @SO@ config=@CFG@ nonint
-auth     required   pam_deny.so
-account  required   pam_permit.so
-session  required   pam_permit.so
-";
+const SUDO_STACK: &str = openape_tests::sudo_ns::GRANT_OR_DENY_STACK;
 
 /// util-linux su uses `su-l` for a login shell; both get the same stack.
 const SU_L: &str = "auth include su\naccount include su\nsession include su\n";

@@ -16,7 +16,7 @@ use ed25519_dalek::SigningKey;
 use openape_tests::harness::{
     self, Output, Run, Sandbox, TEST_USER, TestUser, artefact, set_owner_mode, test_user,
 };
-use openape_tests::idp::{Fault, TestIdp, TokenSwap};
+use openape_tests::idp::{TestIdp, TokenSwap};
 use pam_openape::request::keys;
 use serde_json::Value;
 
@@ -397,9 +397,10 @@ fn an_interrupt_while_the_token_is_fetched_authenticates_nothing() {
             .expect("no pending grant");
         // The token answer takes 1.5 s (under http.timeout = 2 s).
         let path = format!("/api/grants/{id}/token");
-        p.idp
-            .set_fault_for(&path, Fault::Slow(Duration::from_millis(1500)));
-        assert!(p.idp.approve(&id, harness::APPROVER));
+        assert!(
+            p.idp
+                .approve_with_slow_token(&id, harness::APPROVER, Duration::from_millis(1500))
+        );
         let fetching = |p: &P| {
             p.idp
                 .requests()

@@ -42,14 +42,7 @@ account  required   pam_permit.so
 session  required   pam_permit.so
 ";
 
-/// As above, but the password stand-in always fails: only a grant passes.
-const SUDO_GRANT_OR_DENY: &str = "\
-#%PAM-1.0
-auth     sufficient @SO@ config=@CFG@ nonint
-auth     required   pam_deny.so
-account  required   pam_permit.so
-session  required   pam_permit.so
-";
+const SUDO_GRANT_OR_DENY: &str = openape_tests::sudo_ns::GRANT_OR_DENY_STACK;
 
 /// The conversation variant: no `nonint`, the grant is asked for through
 /// the PAM conversation (`sudo -S` reads the answer from stdin).

@@ -315,9 +315,10 @@ fn an_interrupt_while_the_token_is_fetched_runs_nothing() {
         // The token answer takes 1.5 s (under http.timeout = 2 s): the
         // interrupt arrives while the child waits for it.
         let path = format!("/api/grants/{id}/token");
-        t.idp
-            .set_fault_for(&path, Fault::Slow(Duration::from_millis(1500)));
-        assert!(t.idp.approve(&id, APPROVER));
+        assert!(
+            t.idp
+                .approve_with_slow_token(&id, APPROVER, Duration::from_millis(1500))
+        );
         let start = Instant::now();
         while t.count("POST", &path) == 0 && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(10));
