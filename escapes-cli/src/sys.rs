@@ -492,6 +492,36 @@ pub fn prepare(
     })
 }
 
+/// Can the kernel copy this exec's strings? Each argument or variable
+/// must be shorter than `MAX_ARG_STRLEN`, and filename, argv, environment
+/// and their pointers must fit the limit the kernel derives from the stack
+/// limit in force at the exec (the caller's, given back to the command):
+/// a quarter of it, at most 6 MiB, at least 128 KiB (`bprm_stack_limits`
+/// in fs/exec.c). Some room is left for a `#!` interpreter line, which the
+/// kernel adds. `Err(E2BIG)` when it would not fit.
+pub fn exec_fits(p: &Prepared) -> Result<(), nix::errno::Errno> {
+    const MAX_ARG_STRLEN: usize = 32 * 4096;
+    const ARG_MAX: u64 = 128 * 1024;
+    const STK_LIM_3_4: u64 = 6 * 1024 * 1024;
+    const SHEBANG_ROOM: u64 = 4096;
+    let strings = || std::iter::once(&p.path).chain(&p.args).chain(&p.envs);
+    if strings().any(|s| s.as_bytes_with_nul().len() > MAX_ARG_STRLEN) {
+        return Err(nix::errno::Errno::E2BIG);
+    }
+    let stack = p
+        .limits
+        .iter()
+        .find(|&&(res, _, _)| res == libc::RLIMIT_STACK)
+        .map_or(0, |&(_, cur, _)| cur);
+    let limit = (stack / 4).clamp(ARG_MAX, STK_LIM_3_4);
+    let pointers = (p.args.len().max(1) + p.envs.len()) as u64 * 8;
+    let bytes: u64 = strings().map(|s| s.as_bytes_with_nul().len() as u64).sum();
+    if pointers + bytes + SHEBANG_ROOM + p.path.as_bytes().len() as u64 > limit {
+        return Err(nix::errno::Errno::E2BIG);
+    }
+    Ok(())
+}
+
 /// Replace the process image. Returns only on failure. Right before the
 /// exec the command gets its process state: the umask rule, the caller's
 /// limits, default signal dispositions and an empty mask. Only system
@@ -581,5 +611,45 @@ pub fn run_detached(p: &Prepared) -> Result<i32, nix::errno::Errno> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(args: &[Vec<u8>], envs: &[Vec<u8>], stack: libc::rlim_t) -> Prepared {
+        let c = |v: &Vec<u8>| CString::new(v.clone()).unwrap_or_default();
+        Prepared {
+            path: CString::new("/usr/bin/true").unwrap_or_default(),
+            args: args.iter().map(c).collect(),
+            envs: envs.iter().map(c).collect(),
+            umask: 0o022,
+            limits: vec![(libc::RLIMIT_STACK, stack, stack)],
+        }
+    }
+
+    #[test]
+    fn exec_size_follows_the_kernels_limits() {
+        let eight_mib = 8 << 20;
+        // Small: fits.
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &[], eight_mib)).is_ok());
+        // One string of 128 KiB (with its NUL over MAX_ARG_STRLEN): never.
+        let long = vec![b'x'; 32 * 4096];
+        assert!(exec_fits(&prepared(&[long], &[], libc::RLIM_INFINITY)).is_err());
+        // 1.9 MiB of environment fits 8 MiB of stack (2 MiB), 2.1 MiB not.
+        let var = |n: usize| {
+            (0..n)
+                .map(|i| format!("LC_{i}={}", "v".repeat(4000)).into_bytes())
+                .collect::<Vec<_>>()
+        };
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &var(480), eight_mib)).is_ok());
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &var(530), eight_mib)).is_err());
+        // A tiny stack limit still leaves the kernel's 128 KiB floor.
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &var(30), 4096)).is_ok());
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &var(40), 4096)).is_err());
+        // Unlimited stack: at most 6 MiB.
+        assert!(exec_fits(&prepared(&[], &var(1500), libc::RLIM_INFINITY)).is_ok());
+        assert!(exec_fits(&prepared(&[], &var(1600), libc::RLIM_INFINITY)).is_err());
     }
 }
