@@ -306,6 +306,7 @@ fn elevate_logged(
             format!("cannot become {}: {e}", target.name),
         )
     })?;
+    sys::new_session_keyring().map_err(|e| Denial::new(Step::Exec, Kind::Exec, e))?;
     if let Some(dir) = &opts.chdir {
         std::env::set_current_dir(dir).map_err(|e| {
             Denial::new(

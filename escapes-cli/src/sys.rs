@@ -307,6 +307,37 @@ pub fn become_user(user: &User, primary: Gid) -> Result<(), String> {
     Ok(())
 }
 
+/// Give this process (and so the command) a new, empty session keyring,
+/// as `pam_keyinit` does in sudo's and su's session stacks: the caller's
+/// session keyring survives a setuid exec, and a command sharing it would
+/// leave the keys it adds (`e4crypt add_key`, `keyctl add ... @s`) to the
+/// caller and find keys the caller planted. Call after [`become_user`], so
+/// the keyring belongs to the target. A kernel without keyrings (`ENOSYS`)
+/// or a container filter that refuses `keyctl` (`EPERM`) leaves nothing to
+/// share; any other failure is an error.
+pub fn new_session_keyring() -> Result<(), String> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) reads no memory of
+    // ours (a NULL name asks for an anonymous keyring) and only replaces
+    // this process's session keyring.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if rc >= 0 {
+        return Ok(());
+    }
+    match nix::errno::Errno::last() {
+        nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM => Ok(()),
+        e => Err(format!(
+            "cannot give the command its own session keyring: {e}"
+        )),
+    }
+}
+
 /// Mark every descriptor above 2 close-on-exec, so the command inherits
 /// only stdin, stdout and stderr (our own error output still works if exec
 /// fails).

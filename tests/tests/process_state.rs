@@ -481,3 +481,60 @@ fn an_environment_too_big_for_the_commands_exec_spends_nothing() {
         "{lines:?}"
     );
 }
+
+/// The caller's session keyring reached the root command: escapes has no
+/// PAM session (where sudo stacks run `pam_keyinit`), so a key a root
+/// command added to its session keyring (`e4crypt add_key`, `keyctl add
+/// ... @s`) was afterwards possessed, and readable, by the caller, and a
+/// key the caller planted was found first by the root command's searches.
+/// The command now gets a session keyring of its own.
+#[test]
+fn the_callers_session_keyring_does_not_reach_the_command() {
+    let Some(t) = setup("keyring") else { return };
+    let (add_key, keyctl) = (libc::SYS_add_key, libc::SYS_keyctl);
+    let add = format!(
+        "import ctypes; l=ctypes.CDLL(None); \
+         print(l.syscall({add_key}, b'user', b'openape-probe', b'root-secret', 11, ctypes.c_long(-3)))"
+    );
+    let argv = vec!["python3".to_string(), "-c".to_string(), add];
+    let g = t.issue(&argv);
+    let file = t.grant_file("grant", &g);
+    // The caller: a fresh session keyring with a key of its own (proves
+    // keyrings work here), run escapes, then look for the root command's key.
+    let caller = format!(
+        r#"
+import ctypes, subprocess, sys
+l = ctypes.CDLL(None, use_errno=True)
+def kc(*a): return l.syscall({keyctl}, *[ctypes.c_long(x) if isinstance(x, int) else x for x in a])
+if kc(1, None) < 0: print("NOKEYRINGS"); sys.exit(0)
+if l.syscall({add_key}, b'user', b'mine', b'x', 1, ctypes.c_long(-3)) < 0: print("NOKEYRINGS"); sys.exit(0)
+r = subprocess.run([{escapes:?}, "--grant-file", {file:?}, "--"] + {argv:?})
+print("EXIT", r.returncode)
+print("MINE", kc(10, -3, b'user', b'mine', 0) > 0)
+k = kc(10, -3, b'user', b'openape-probe', 0)
+if k > 0:
+    buf = ctypes.create_string_buffer(64)
+    n = kc(11, k, buf, 64)
+    print("LEAKED", buf.raw[:n].decode())
+else:
+    print("NOTFOUND")
+"#,
+        escapes = t.sb.escapes().to_string_lossy(),
+        argv = argv,
+    );
+    let out = Run::new("/usr/bin/python3")
+        .args(["-c", &caller])
+        .cwd(t.sb.root())
+        .config_ns(t.sb.config_ns())
+        .as_test_user()
+        .output();
+    if out.stdout.contains("NOKEYRINGS") {
+        eprintln!("skipped: no keyrings here");
+        return;
+    }
+    assert!(out.stdout.contains("EXIT 0"), "{out}");
+    assert!(out.stdout.contains("MINE True"), "{out}");
+    t.assert_ran(&out, &g);
+    assert!(!out.stdout.contains("LEAKED"), "{out}");
+    assert!(out.stdout.contains("NOTFOUND"), "{out}");
+}
