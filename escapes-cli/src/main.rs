@@ -565,6 +565,7 @@ fn read_grant(
             )
         })?,
         Some(GrantSource::File(path)) => sys::as_caller_fs(caller, || read_grant_file(path))
+            .unwrap_or(Err(()))
             .map_err(|()| {
                 Denial::new(
                     Step::Grant,

@@ -370,16 +370,32 @@ pub fn cloexec_from_3() -> Result<(), String> {
     Ok(())
 }
 
-/// Run `f` with the file-system identity of the caller (setfsuid and
-/// setfsgid; the supplementary groups are still the caller's), so a file
-/// is opened with exactly the caller's rights, never root's.
-pub fn as_caller_fs<T>(caller: &Caller, f: impl FnOnce() -> T) -> T {
-    let old_uid = nix::unistd::setfsuid(Uid::from_raw(caller.uid));
-    let old_gid = nix::unistd::setfsgid(Gid::from_raw(caller.gid));
+/// Run `f` with the caller's effective user and group ids (the
+/// supplementary groups are still the caller's), so a file is opened with
+/// exactly the caller's rights, never root's. Changing only the
+/// file-system ids (setfsuid) is not enough: it drops the file-system
+/// capabilities but keeps the others, and CAP_SYS_PTRACE lets a path walk
+/// through `/proc/PID/cwd` or `/proc/PID/root` of any process, past
+/// directories the caller may not enter. With a non-root effective uid the
+/// effective capability set is empty; the saved uid 0 brings root back.
+/// `None` when the ids cannot be changed there and back (then `f` did not
+/// run, or its result is not to be trusted).
+pub fn as_caller_fs<T>(caller: &Caller, f: impl FnOnce() -> T) -> Option<T> {
+    use nix::unistd::{getresgid, getresuid, setresgid, setresuid};
+    let uids = getresuid().ok()?;
+    let gids = getresgid().ok()?;
+    // Group first, while still root.
+    setresgid(gids.real, Gid::from_raw(caller.gid), gids.saved).ok()?;
+    if setresuid(uids.real, Uid::from_raw(caller.uid), uids.saved).is_err() {
+        let _ = setresgid(gids.real, gids.effective, gids.saved);
+        return None;
+    }
     let out = f();
-    nix::unistd::setfsgid(old_gid);
-    nix::unistd::setfsuid(old_uid);
-    out
+    let back = setresuid(uids.real, uids.effective, uids.saved).is_ok()
+        && setresgid(gids.real, gids.effective, gids.saved).is_ok()
+        && Uid::effective() == uids.effective
+        && Gid::effective() == gids.effective;
+    back.then_some(out)
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
