@@ -306,6 +306,7 @@ fn elevate_logged(
             format!("cannot become {}: {e}", target.name),
         )
     })?;
+    sys::new_session_keyring().map_err(|e| Denial::new(Step::Exec, Kind::Exec, e))?;
     if let Some(dir) = &opts.chdir {
         std::env::set_current_dir(dir).map_err(|e| {
             Denial::new(
@@ -326,6 +327,15 @@ fn elevate_logged(
             format!("{}: {} may not execute it", program.display(), target.name),
         ));
     }
+
+    // The exec is built now, and checked against the kernel's size limit
+    // for the caller's stack limit (which the command gets back): a kept
+    // environment that fits escapes' own exec may not fit the command's,
+    // which adds SUDO_COMMAND and the identity variables (E2BIG after
+    // consume would spend the grant on nothing).
+    let prepared = sys::prepare(&program, &opts.command, &env, state, cfg.umask)
+        .and_then(|p| sys::exec_fits(&p).map(|()| p))
+        .map_err(|e| exec_denial(&program, e))?;
 
     // The grant_run line is built now, and room for it reserved on disk,
     // so a full disk refuses before the grant is used, not after.
@@ -349,7 +359,22 @@ fn elevate_logged(
     drop(token);
     rec.ts = rfc3339_utc(now_unix());
     ctx.audit.append(&rec)?;
-    run_approved(&approved, &program, opts, &env, state, cfg.umask)
+    run_approved(&approved, &program, &prepared, state)
+}
+
+/// A failed exec (or one that cannot succeed) as a refusal: 127 when the
+/// program is missing, else 126.
+fn exec_denial(program: &Path, err: nix::errno::Errno) -> Denial {
+    let kind = if err == nix::errno::Errno::ENOENT {
+        Kind::NotFound
+    } else {
+        Kind::Exec
+    };
+    Denial::new(
+        Step::Exec,
+        kind,
+        format!("cannot execute {}: {}", program.display(), err.desc()),
+    )
 }
 
 /// The one place that executes. Identity was changed before consume.
@@ -360,32 +385,18 @@ fn elevate_logged(
 fn run_approved(
     approved: &Approved,
     program: &Path,
-    opts: &Opts,
-    env: &[(OsString, OsString)],
+    prepared: &sys::Prepared,
     state: &sys::CallerState,
-    umask: u32,
 ) -> Result<Never, Denial> {
     if !approved.allows() || approved.verdict != Verdict::Allow {
         return Err(Denial::refused(Step::Exec, "internal error: no approval"));
     }
-    let failed = |err: nix::errno::Errno| {
-        let kind = if err == nix::errno::Errno::ENOENT {
-            Kind::NotFound
-        } else {
-            Kind::Exec
-        };
-        Denial::new(
-            Step::Exec,
-            kind,
-            format!("cannot execute {}: {}", program.display(), err.desc()),
-        )
-    };
-    let prepared = sys::prepare(program, &opts.command, env, state, umask).map_err(failed)?;
+    let failed = |err: nix::errno::Errno| exec_denial(program, err);
     if !nix::unistd::Uid::effective().is_root() && (state.has_ctty || sys::stdio_is_tty()) {
-        let code = sys::run_detached(&prepared).map_err(failed)?;
+        let code = sys::run_detached(prepared).map_err(failed)?;
         std::process::exit(code);
     }
-    Err(failed(sys::exec(&prepared)))
+    Err(failed(sys::exec(prepared)))
 }
 
 fn utf8_argv(cmd: &[OsString]) -> Result<Vec<String>, Denial> {
@@ -554,6 +565,7 @@ fn read_grant(
             )
         })?,
         Some(GrantSource::File(path)) => sys::as_caller_fs(caller, || read_grant_file(path))
+            .unwrap_or(Err(()))
             .map_err(|()| {
                 Denial::new(
                     Step::Grant,

@@ -307,6 +307,37 @@ pub fn become_user(user: &User, primary: Gid) -> Result<(), String> {
     Ok(())
 }
 
+/// Give this process (and so the command) a new, empty session keyring,
+/// as `pam_keyinit` does in sudo's and su's session stacks: the caller's
+/// session keyring survives a setuid exec, and a command sharing it would
+/// leave the keys it adds (`e4crypt add_key`, `keyctl add ... @s`) to the
+/// caller and find keys the caller planted. Call after [`become_user`], so
+/// the keyring belongs to the target. A kernel without keyrings (`ENOSYS`)
+/// or a container filter that refuses `keyctl` (`EPERM`) leaves nothing to
+/// share; any other failure is an error.
+pub fn new_session_keyring() -> Result<(), String> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) reads no memory of
+    // ours (a NULL name asks for an anonymous keyring) and only replaces
+    // this process's session keyring.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if rc >= 0 {
+        return Ok(());
+    }
+    match nix::errno::Errno::last() {
+        nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM => Ok(()),
+        e => Err(format!(
+            "cannot give the command its own session keyring: {e}"
+        )),
+    }
+}
+
 /// Mark every descriptor above 2 close-on-exec, so the command inherits
 /// only stdin, stdout and stderr (our own error output still works if exec
 /// fails).
@@ -339,16 +370,32 @@ pub fn cloexec_from_3() -> Result<(), String> {
     Ok(())
 }
 
-/// Run `f` with the file-system identity of the caller (setfsuid and
-/// setfsgid; the supplementary groups are still the caller's), so a file
-/// is opened with exactly the caller's rights, never root's.
-pub fn as_caller_fs<T>(caller: &Caller, f: impl FnOnce() -> T) -> T {
-    let old_uid = nix::unistd::setfsuid(Uid::from_raw(caller.uid));
-    let old_gid = nix::unistd::setfsgid(Gid::from_raw(caller.gid));
+/// Run `f` with the caller's effective user and group ids (the
+/// supplementary groups are still the caller's), so a file is opened with
+/// exactly the caller's rights, never root's. Changing only the
+/// file-system ids (setfsuid) is not enough: it drops the file-system
+/// capabilities but keeps the others, and CAP_SYS_PTRACE lets a path walk
+/// through `/proc/PID/cwd` or `/proc/PID/root` of any process, past
+/// directories the caller may not enter. With a non-root effective uid the
+/// effective capability set is empty; the saved uid 0 brings root back.
+/// `None` when the ids cannot be changed there and back (then `f` did not
+/// run, or its result is not to be trusted).
+pub fn as_caller_fs<T>(caller: &Caller, f: impl FnOnce() -> T) -> Option<T> {
+    use nix::unistd::{getresgid, getresuid, setresgid, setresuid};
+    let uids = getresuid().ok()?;
+    let gids = getresgid().ok()?;
+    // Group first, while still root.
+    setresgid(gids.real, Gid::from_raw(caller.gid), gids.saved).ok()?;
+    if setresuid(uids.real, Uid::from_raw(caller.uid), uids.saved).is_err() {
+        let _ = setresgid(gids.real, gids.effective, gids.saved);
+        return None;
+    }
     let out = f();
-    nix::unistd::setfsgid(old_gid);
-    nix::unistd::setfsuid(old_uid);
-    out
+    let back = setresuid(uids.real, uids.effective, uids.saved).is_ok()
+        && setresgid(gids.real, gids.effective, gids.saved).is_ok()
+        && Uid::effective() == uids.effective
+        && Gid::effective() == gids.effective;
+    back.then_some(out)
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -492,6 +539,36 @@ pub fn prepare(
     })
 }
 
+/// Can the kernel copy this exec's strings? Each argument or variable
+/// must be shorter than `MAX_ARG_STRLEN`, and filename, argv, environment
+/// and their pointers must fit the limit the kernel derives from the stack
+/// limit in force at the exec (the caller's, given back to the command):
+/// a quarter of it, at most 6 MiB, at least 128 KiB (`bprm_stack_limits`
+/// in fs/exec.c). Some room is left for a `#!` interpreter line, which the
+/// kernel adds. `Err(E2BIG)` when it would not fit.
+pub fn exec_fits(p: &Prepared) -> Result<(), nix::errno::Errno> {
+    const MAX_ARG_STRLEN: usize = 32 * 4096;
+    const ARG_MAX: u64 = 128 * 1024;
+    const STK_LIM_3_4: u64 = 6 * 1024 * 1024;
+    const SHEBANG_ROOM: u64 = 4096;
+    let strings = || std::iter::once(&p.path).chain(&p.args).chain(&p.envs);
+    if strings().any(|s| s.as_bytes_with_nul().len() > MAX_ARG_STRLEN) {
+        return Err(nix::errno::Errno::E2BIG);
+    }
+    let stack = p
+        .limits
+        .iter()
+        .find(|&&(res, _, _)| res == libc::RLIMIT_STACK)
+        .map_or(0, |&(_, cur, _)| cur);
+    let limit = (stack / 4).clamp(ARG_MAX, STK_LIM_3_4);
+    let pointers = (p.args.len().max(1) + p.envs.len()) as u64 * 8;
+    let bytes: u64 = strings().map(|s| s.as_bytes_with_nul().len() as u64).sum();
+    if pointers + bytes + SHEBANG_ROOM + p.path.as_bytes().len() as u64 > limit {
+        return Err(nix::errno::Errno::E2BIG);
+    }
+    Ok(())
+}
+
 /// Replace the process image. Returns only on failure. Right before the
 /// exec the command gets its process state: the umask rule, the caller's
 /// limits, default signal dispositions and an empty mask. Only system
@@ -581,5 +658,45 @@ pub fn run_detached(p: &Prepared) -> Result<i32, nix::errno::Errno> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(args: &[Vec<u8>], envs: &[Vec<u8>], stack: libc::rlim_t) -> Prepared {
+        let c = |v: &Vec<u8>| CString::new(v.clone()).unwrap_or_default();
+        Prepared {
+            path: CString::new("/usr/bin/true").unwrap_or_default(),
+            args: args.iter().map(c).collect(),
+            envs: envs.iter().map(c).collect(),
+            umask: 0o022,
+            limits: vec![(libc::RLIMIT_STACK, stack, stack)],
+        }
+    }
+
+    #[test]
+    fn exec_size_follows_the_kernels_limits() {
+        let eight_mib = 8 << 20;
+        // Small: fits.
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &[], eight_mib)).is_ok());
+        // One string of 128 KiB (with its NUL over MAX_ARG_STRLEN): never.
+        let long = vec![b'x'; 32 * 4096];
+        assert!(exec_fits(&prepared(&[long], &[], libc::RLIM_INFINITY)).is_err());
+        // 1.9 MiB of environment fits 8 MiB of stack (2 MiB), 2.1 MiB not.
+        let var = |n: usize| {
+            (0..n)
+                .map(|i| format!("LC_{i}={}", "v".repeat(4000)).into_bytes())
+                .collect::<Vec<_>>()
+        };
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &var(480), eight_mib)).is_ok());
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &var(530), eight_mib)).is_err());
+        // A tiny stack limit still leaves the kernel's 128 KiB floor.
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &var(30), 4096)).is_ok());
+        assert!(exec_fits(&prepared(&[b"true".to_vec()], &var(40), 4096)).is_err());
+        // Unlimited stack: at most 6 MiB.
+        assert!(exec_fits(&prepared(&[], &var(1500), libc::RLIM_INFINITY)).is_ok());
+        assert!(exec_fits(&prepared(&[], &var(1600), libc::RLIM_INFINITY)).is_err());
     }
 }

@@ -994,6 +994,44 @@ fn grant_file_unreadable_looks_like_missing_and_is_read_with_callers_rights() {
     assert!(t.sb.marker_exists("m"));
 }
 
+/// `--grant-file` was read with the caller's file-system ids but root's
+/// other capabilities: CAP_SYS_PTRACE let the path walk through
+/// `/proc/PID/cwd` (or `root`) of any process, landing inside a directory
+/// whose 0700 ancestor the caller may not pass, so a world-readable grant
+/// kept there (another user's, a service's) could be used. The file is now
+/// read with the caller's effective ids, so no capability applies.
+#[test]
+fn grant_file_cannot_be_reached_through_another_process_s_proc_links() {
+    let Some(t) = setup("grant-file-proc") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let vault = t.sb.path("vault");
+    std::fs::create_dir_all(vault.join("open")).unwrap();
+    set_owner_mode(&vault, 0, 0, 0o700);
+    set_owner_mode(&vault.join("open"), 0, 0, 0o755);
+    t.sb.write_file("vault/open/grant", g.jwt.as_bytes(), 0, 0, 0o644);
+    let mut sleeper = std::process::Command::new("/bin/sleep")
+        .arg("30")
+        .current_dir(vault.join("open"))
+        .spawn()
+        .unwrap();
+    let via_proc = format!("/proc/{}/cwd/grant", sleeper.id());
+
+    // Control: the caller cannot read it there.
+    let cat = Run::new("/bin/cat").arg(&via_proc).as_test_user().output();
+    assert_ne!(cat.code, 0, "{cat}");
+
+    let mut args = vec!["--grant-file".to_string(), via_proc.clone(), "--".into()];
+    args.extend(argv.iter().cloned());
+    let out = t.sb.run_as_user(&args, &[], None);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    t.assert_denied(&out, 1, "grant", "m");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0, "{out}");
+}
+
 #[test]
 fn timed_grant_works_twice_with_one_consume_each_and_a_warm_cache() {
     let Some(t) = setup("timed") else { return };

@@ -383,3 +383,158 @@ fn an_unprivileged_loopback_issuer_needs_an_explicit_yes() {
     assert!(!t.sb.marker_exists("m"));
     assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
 }
+
+/// The kernel's limit on the bytes of one exec's strings (filename, argv,
+/// environment) for a stack limit of `stack` bytes: a quarter of it, at
+/// most 6 MiB, at least 128 KiB (fs/exec.c `bprm_stack_limits`).
+fn exec_limit(stack: u64) -> u64 {
+    (stack / 4).clamp(128 << 10, 6 << 20)
+}
+
+/// A caller's environment of many kept `LC_*` variables (up to 4 KiB
+/// each) fits the exec of escapes but not the command's exec, which adds
+/// SUDO_COMMAND (a copy of the argv) and the identity variables: execve
+/// failed with E2BIG after the grant was consumed and `grant_run` logged.
+/// Now the exec's size is checked before consume: exit 126, nothing spent,
+/// nothing logged as run.
+#[test]
+fn an_environment_too_big_for_the_commands_exec_spends_nothing() {
+    let Some(t) = setup("e2big") else { return };
+    let marker = t.sb.marker_path("m").to_string_lossy().into_owned();
+    let script = format!("touch {marker} # {}", "x".repeat(3000));
+    let argv = vec!["sh".to_string(), "-c".to_string(), script];
+    let escapes = t.sb.escapes();
+    let escapes_b = escapes.as_os_str().as_encoded_bytes().to_vec();
+    let run = |g: &Issued, pad: &[(String, String)]| {
+        let file = t.grant_file("grant", g);
+        let mut args: Vec<Vec<u8>> = vec![
+            escapes_b.clone(),
+            b"--grant-file".to_vec(),
+            file.into_bytes(),
+            b"--".to_vec(),
+        ];
+        args.extend(argv.iter().map(|a| a.clone().into_bytes()));
+        let argv_refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let mut env: Vec<(&str, &str)> = vec![("PATH", harness::SANE_PATH)];
+        env.extend(pad.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let used: u64 = (escapes_b.len() + 1) as u64
+            + args.iter().map(|a| a.len() as u64 + 1).sum::<u64>()
+            + env
+                .iter()
+                .map(|(k, v)| (k.len() + v.len() + 2) as u64)
+                .sum::<u64>()
+            + 8 * (args.len() + env.len()) as u64;
+        let out = exec_raw_in(
+            Some(t.sb.config_ns().as_ref()),
+            &escapes,
+            &argv_refs,
+            &env,
+            &[],
+            true,
+            t.sb.root(),
+            harness::DEFAULT_TIMEOUT,
+        );
+        (out, used)
+    };
+
+    // Control: without padding it runs.
+    let g = t.issue(&argv);
+    let (out, base) = run(&g, &[]);
+    t.assert_ran(&out, &g);
+    t.sb.remove_marker("m");
+
+    // Pad the caller's environment to 1000 bytes below the limit.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the local we pass.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_STACK, &mut lim) }, 0);
+    let soft = lim.rlim_cur;
+    let mut room = exec_limit(soft) - base - 1000;
+    let mut pad = Vec::new();
+    let mut n = 0u32;
+    while room > 64 {
+        let name = format!(
+            "LC_{}{}{}{}",
+            char::from(b'A' + (n / 17576 % 26) as u8),
+            char::from(b'A' + (n / 676 % 26) as u8),
+            char::from(b'A' + (n / 26 % 26) as u8),
+            char::from(b'A' + (n % 26) as u8)
+        );
+        let len = (room - (name.len() as u64 + 2 + 8)).min(4000);
+        room -= name.len() as u64 + 2 + 8 + len;
+        pad.push((name, "C".repeat(len as usize)));
+        n += 1;
+    }
+    let g = t.issue(&argv);
+    let before = t.sb.audit_lines().len();
+    let (out, used) = run(&g, &pad);
+    assert!(used < exec_limit(soft), "the test's own exec must fit");
+    assert_eq!(out.code, 126, "{out}");
+    assert!(!out.stderr.contains("panicked"), "{out}");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0, "{out}");
+    assert!(!t.sb.marker_exists("m"));
+    let lines = t.sb.audit_lines();
+    assert!(
+        lines.iter().skip(before).all(|l| l["event"] != "grant_run"),
+        "{lines:?}"
+    );
+}
+
+/// The caller's session keyring reached the root command: escapes has no
+/// PAM session (where sudo stacks run `pam_keyinit`), so a key a root
+/// command added to its session keyring (`e4crypt add_key`, `keyctl add
+/// ... @s`) was afterwards possessed, and readable, by the caller, and a
+/// key the caller planted was found first by the root command's searches.
+/// The command now gets a session keyring of its own.
+#[test]
+fn the_callers_session_keyring_does_not_reach_the_command() {
+    let Some(t) = setup("keyring") else { return };
+    let (add_key, keyctl) = (libc::SYS_add_key, libc::SYS_keyctl);
+    let add = format!(
+        "import ctypes; l=ctypes.CDLL(None); \
+         print(l.syscall({add_key}, b'user', b'openape-probe', b'root-secret', 11, ctypes.c_long(-3)))"
+    );
+    let argv = vec!["python3".to_string(), "-c".to_string(), add];
+    let g = t.issue(&argv);
+    let file = t.grant_file("grant", &g);
+    // The caller: a fresh session keyring with a key of its own (proves
+    // keyrings work here), run escapes, then look for the root command's key.
+    let caller = format!(
+        r#"
+import ctypes, subprocess, sys
+l = ctypes.CDLL(None, use_errno=True)
+def kc(*a): return l.syscall({keyctl}, *[ctypes.c_long(x) if isinstance(x, int) else x for x in a])
+if kc(1, None) < 0: print("NOKEYRINGS"); sys.exit(0)
+if l.syscall({add_key}, b'user', b'mine', b'x', 1, ctypes.c_long(-3)) < 0: print("NOKEYRINGS"); sys.exit(0)
+r = subprocess.run([{escapes:?}, "--grant-file", {file:?}, "--"] + {argv:?})
+print("EXIT", r.returncode)
+print("MINE", kc(10, -3, b'user', b'mine', 0) > 0)
+k = kc(10, -3, b'user', b'openape-probe', 0)
+if k > 0:
+    buf = ctypes.create_string_buffer(64)
+    n = kc(11, k, buf, 64)
+    print("LEAKED", buf.raw[:n].decode())
+else:
+    print("NOTFOUND")
+"#,
+        escapes = t.sb.escapes().to_string_lossy(),
+        argv = argv,
+    );
+    let out = Run::new("/usr/bin/python3")
+        .args(["-c", &caller])
+        .cwd(t.sb.root())
+        .config_ns(t.sb.config_ns())
+        .as_test_user()
+        .output();
+    if out.stdout.contains("NOKEYRINGS") {
+        eprintln!("skipped: no keyrings here");
+        return;
+    }
+    assert!(out.stdout.contains("EXIT 0"), "{out}");
+    assert!(out.stdout.contains("MINE True"), "{out}");
+    t.assert_ran(&out, &g);
+    assert!(!out.stdout.contains("LEAKED"), "{out}");
+    assert!(out.stdout.contains("NOTFOUND"), "{out}");
+}
