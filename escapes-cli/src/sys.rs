@@ -116,6 +116,7 @@ pub fn take_process_state() -> CallerState {
         set_limit(libc::RLIMIT_CORE, 0, l.rlim_max);
     }
     reset_signals(libc::SIG_IGN);
+    clear_interval_timers();
     let has_ctty = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK)
@@ -125,6 +126,29 @@ pub fn take_process_state() -> CallerState {
         umask,
         limits,
         has_ctty,
+    }
+}
+
+/// Disarm the three interval timers. They survive exec, so a caller's
+/// ITIMER_REAL (or VIRTUAL, PROF) would deliver SIGALRM (SIGVTALRM,
+/// SIGPROF), whose default kills, at a moment the caller chose: between
+/// the consume and the audit line, say. The command gets none either
+/// (sudo's command starts without the caller's timers too).
+fn clear_interval_timers() {
+    let zero = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
+        // SAFETY: setitimer reads one itimerval from a live local and
+        // writes nothing back (null old value).
+        unsafe { libc::setitimer(which, &zero, std::ptr::null_mut()) };
     }
 }
 

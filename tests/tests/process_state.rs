@@ -12,9 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use openape_tests::harness::{
-    self, HOST, Output, Run, Sandbox, TestUser, exec_raw_in, require_root, test_user,
+    self, HOST, Output, Run, Sandbox, TestUser, artefact, exec_raw_in, require_root, test_user,
 };
-use openape_tests::idp::{GrantSpec, Issued, TestIdp};
+use openape_tests::idp::{Fault, GrantSpec, Issued, TestIdp};
 
 struct T {
     idp: TestIdp,
@@ -537,4 +537,45 @@ else:
     t.assert_ran(&out, &g);
     assert!(!out.stdout.contains("LEAKED"), "{out}");
     assert!(out.stdout.contains("NOTFOUND"), "{out}");
+}
+
+/// Interval timers survive exec: a caller who arms ITIMER_REAL before
+/// exec'ing escapes has SIGALRM (default: terminate) arrive while the
+/// consume is in flight. Before, that killed escapes after the IdP had
+/// consumed the grant and before `grant_run` was written: a spent grant
+/// with no audit line. escapes disarms the timers at start; the run goes
+/// through and is logged, and the command gets no timer either.
+#[test]
+fn a_callers_interval_timer_cannot_cut_the_run_between_consume_and_log() {
+    let Some(t) = setup("itimer") else { return };
+    let bin = std::fs::read(artefact("itimer-exec")).unwrap();
+    let exec = t.sb.write_file("bin/itimer-exec", &bin, 0, 0, 0o755);
+    let argv = vec![
+        "grep".to_string(),
+        "-c".into(),
+        "^".into(),
+        "/proc/self/status".into(),
+    ];
+    let g = t.issue(&argv);
+    let file = t.grant_file("grant", &g);
+    // The consume answers after 400 ms; the timer fires at 150 ms, while
+    // escapes waits for that answer.
+    t.idp
+        .set_fault_for("/api/grants/", Fault::Slow(Duration::from_millis(400)));
+    let mut args = vec![
+        "150".to_string(),
+        t.sb.escapes().to_string_lossy().into_owned(),
+        "--grant-file".into(),
+        file,
+        "--".into(),
+    ];
+    args.extend(argv.iter().cloned());
+    let out = Run::new(&exec)
+        .args(&args)
+        .cwd(t.sb.root())
+        .config_ns(t.sb.config_ns())
+        .as_test_user()
+        .timeout(Duration::from_secs(30))
+        .output();
+    t.assert_ran(&out, &g);
 }
