@@ -246,13 +246,7 @@ pub fn grant_from_idp(
             child.finish(Duration::ZERO);
             return Err(match stopping {
                 Some((sig, _)) => interrupted(sig, grant.as_deref(), false),
-                None => Denial::refused(
-                    Step::Request,
-                    format!(
-                        "no decision within {} s; the request helper was stopped",
-                        wait.as_secs()
-                    ),
-                ),
+                None => pam_openape::request::no_decision(wait),
             });
         }
         let event = match child.next(Duration::from_millis(250)) {

@@ -179,13 +179,7 @@ pub fn grant(
         }
         if started.elapsed() > limit {
             child.finish(Duration::ZERO);
-            break Denial::refused(
-                Step::Request,
-                format!(
-                    "no decision within {} s; the request helper was stopped",
-                    wait.as_secs()
-                ),
-            );
+            break crate::request::no_decision(wait);
         }
         let event = match child.next(Duration::from_millis(250)) {
             Ok(Some(e)) => e,

@@ -51,6 +51,18 @@ pub struct Params {
     pub http_timeout: Duration,
 }
 
+/// The refusal when no decision came within `wait`: both front ends stop
+/// the request child and say this.
+pub fn no_decision(wait: Duration) -> Denial {
+    Denial::refused(
+        Step::Request,
+        format!(
+            "no decision within {} s; the request helper was stopped",
+            wait.as_secs()
+        ),
+    )
+}
+
 /// The poll interval after `elapsed` of waiting: 1 s for the first
 /// minute (the command starts about a second after the approval), then 2 s
 /// up to five minutes, then 5 s. Never more than 60 polls a minute.
