@@ -321,6 +321,8 @@ pub struct Run {
     env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
     as_user: bool,
+    /// With `as_user`: these supplementary groups instead of the user's.
+    groups: Option<Vec<u32>>,
     cwd: Option<PathBuf>,
     timeout: Duration,
     /// Descriptors handed to the program: (our copy, its number there).
@@ -519,6 +521,7 @@ impl Run {
             env: vec![("PATH".into(), SANE_PATH.into())],
             stdin: None,
             as_user: false,
+            groups: None,
             cwd: None,
             timeout: DEFAULT_TIMEOUT,
             fds: Vec::new(),
@@ -591,6 +594,14 @@ impl Run {
         self
     }
 
+    /// Run as [`TEST_USER`] holding only these supplementary groups (as
+    /// a process that dropped some of the user's groups would).
+    pub fn as_test_user_with_groups(mut self, groups: &[u32]) -> Run {
+        self.as_user = true;
+        self.groups = Some(groups.to_vec());
+        self
+    }
+
     pub fn cwd(mut self, dir: impl AsRef<Path>) -> Run {
         self.cwd = Some(dir.as_ref().to_path_buf());
         self
@@ -619,7 +630,7 @@ impl Run {
         let what = self.describe();
         let mut cmd;
         let ns = self.config_ns.clone();
-        if self.as_user && self.arg0.is_none() {
+        if self.as_user && self.arg0.is_none() && self.groups.is_none() {
             test_user();
             cmd = Command::new("/usr/bin/setpriv");
             if let Some(ns) = ns.clone() {
@@ -644,7 +655,7 @@ impl Run {
             }
             if self.as_user {
                 let u = test_user().clone();
-                let groups: Vec<libc::gid_t> = u.groups.clone();
+                let groups: Vec<libc::gid_t> = self.groups.clone().unwrap_or(u.groups);
                 // SAFETY: the closure runs in the forked child before exec
                 // and only makes the async-signal-safe system calls
                 // setgroups, setresgid and setresuid on data prepared

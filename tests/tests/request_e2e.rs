@@ -490,6 +490,55 @@ fn unreadable_or_symlinked_keys_exit_1_without_any_network() {
     );
 }
 
+/// The request child reads keys with the groups the calling process
+/// holds, not with every group the database lists for the caller: a
+/// process that dropped a group (`setpriv --clear-groups`, a service's
+/// `SupplementaryGroups=`) must not read that group's agent key through
+/// escapes and log in as that agent.
+#[test]
+fn a_dropped_group_does_not_come_back_for_the_request() {
+    let Some(t) = setup_with("req-groups", "timeout = 30\n", false) else {
+        return;
+    };
+    let key = random_key();
+    t.idp.register_agent(AGENT, key.verifying_key().to_bytes());
+    // Readable through the test user's supplementary group only.
+    let shared = t.sb.write_file(
+        "groupkey",
+        keys::pkcs8_pem(&key).as_bytes(),
+        0,
+        t.user.extra_gid,
+        0o640,
+    );
+    let args = [
+        "--key",
+        shared.to_str().unwrap(),
+        "--agent-email",
+        AGENT,
+        "--no-wait",
+        "--",
+        "true",
+    ];
+    // Control: holding the group, the key is read and a request is made.
+    let out = t.run(&args, Duration::from_secs(20));
+    assert_eq!(out.code, 75, "{out}");
+    assert_eq!(t.idp.grant_ids().len(), 1, "{out}");
+    // The same user without that group: refused before any request.
+    let out =
+        t.sb.escapes_run(&args)
+            .as_test_user_with_groups(&[t.user.gid])
+            .timeout(Duration::from_secs(20))
+            .output();
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("permission denied"), "{out}");
+    assert_eq!(t.idp.grant_ids().len(), 1, "{:?}", t.idp.requests());
+    let l = t.last();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("request"))
+    );
+}
+
 #[test]
 fn no_identity_keeps_the_old_behaviour() {
     let Some(t) = setup_with("req-none", "timeout = 30\n", false) else {

@@ -1,8 +1,8 @@
 //! Run a piece of work as the caller, in a forked child, and talk to it
 //! only through a pipe.
 //!
-//! The child becomes the caller for good (initgroups, setresgid,
-//! setresuid, then it checks there is no way back) before the work starts,
+//! The child becomes the caller for good (the caller's groups it still
+//! holds, setresgid, setresuid, then it checks there is no way back) before the work starts,
 //! so every file it opens and every socket it makes has exactly the
 //! caller's rights. It is not dumpable, notices when its parent is gone
 //! (the control pipe closes: the work can still clean up, e.g. cancel a
@@ -424,7 +424,15 @@ fn become_caller(c: &Caller) -> Result<(), String> {
     let name = CString::new(c.name.as_bytes()).map_err(|_| "user name contains NUL".to_string())?;
     let gid = Gid::from_raw(c.gid);
     let uid = Uid::from_raw(c.uid);
-    nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
+    // Supplementary groups: those the group database lists for the
+    // caller AND the calling process still holds. A process that dropped
+    // a group (setpriv --clear-groups, a service's SupplementaryGroups=)
+    // does not get it back here, and a host that authenticates holding
+    // other groups passes on none the caller is not a member of.
+    let listed = nix::unistd::getgrouplist(&name, gid).map_err(|e| format!("getgrouplist: {e}"))?;
+    let held = nix::unistd::getgroups().map_err(|e| format!("getgroups: {e}"))?;
+    let groups: Vec<Gid> = listed.into_iter().filter(|g| held.contains(g)).collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid: {e}"))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {e}"))?;
     let ids = nix::unistd::getresuid().map_err(|e| format!("getresuid: {e}"))?;
