@@ -83,7 +83,8 @@ fn parse(args: &[OsString]) -> Result<Option<Args>, String> {
 /// `escapes enroll`. Drops privileges first, then works as the caller.
 pub fn run(args: &[OsString]) -> i32 {
     // First thing: become the caller for good (real, effective and saved
-    // ids, the caller's own groups). Nothing below runs as root.
+    // ids; the groups this process holds, never one the caller dropped).
+    // Nothing below runs as root.
     let me = match sys::user_by_uid(nix::unistd::getuid().as_raw()) {
         Ok(Some(u)) => u,
         _ => {
@@ -91,7 +92,7 @@ pub fn run(args: &[OsString]) -> i32 {
             return 1;
         }
     };
-    if let Err(e) = sys::become_user(&me, nix::unistd::getgid()) {
+    if let Err(e) = sys::become_user(&me, nix::unistd::getgid(), sys::Groups::Kept) {
         say(&format!("enroll: cannot drop privileges: {e}"));
         return 1;
     }

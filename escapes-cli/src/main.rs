@@ -299,7 +299,7 @@ fn elevate_logged(
     // unspent, and the network step below runs without root (unless root
     // is the target). The audit log stays open for writing.
     sys::cloexec_from_3().map_err(|e| Denial::new(Step::Exec, Kind::Exec, e))?;
-    sys::become_user(&target, primary).map_err(|e| {
+    sys::become_user(&target, primary, sys::Groups::Database).map_err(|e| {
         Denial::new(
             Step::Exec,
             Kind::Exec,

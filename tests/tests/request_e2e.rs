@@ -708,6 +708,52 @@ fn enroll_creates_a_key_and_request_mode_then_works() {
     let _ = Path::new("/");
 }
 
+/// `escapes enroll` works as the caller with the groups the process holds:
+/// a key readable only through a group the caller's process dropped is
+/// not read (before, the drop to the caller ran initgroups).
+#[test]
+fn enroll_does_not_get_back_a_dropped_group() {
+    let Some(t) = setup_with("req-enroll-groups", "timeout = 30\n", false) else {
+        return;
+    };
+    let email = "bot@example.com";
+    let key = random_key();
+    t.idp.register_agent(email, key.verifying_key().to_bytes());
+    // In the caller's home (so the `.pub` beside it can be written), but
+    // readable only through the group.
+    let shared = t.user_file("keys/groupkey", keys::pkcs8_pem(&key).as_bytes(), 0o640);
+    set_owner_mode(&shared, 0, t.user.extra_gid, 0o640);
+    let issuer = t.idp.issuer();
+    let args = [
+        "enroll",
+        "--idp",
+        &issuer,
+        "--name",
+        "bot",
+        "--key",
+        shared.to_str().unwrap(),
+        "--agent-email",
+        email,
+    ];
+    let run = |groups: Option<&[u32]>| {
+        let r = t.sb.escapes_run(&args).timeout(Duration::from_secs(30));
+        match groups {
+            Some(g) => r.as_test_user_with_groups(g),
+            None => r.as_test_user(),
+        }
+        .output()
+    };
+    // Without the group: the key is not readable.
+    let out = run(Some(&[t.user.gid]));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("ermission denied"), "{out}");
+    assert!(!out.stdout.contains("Enroll at: "), "{out}");
+    // Control: holding the group, the same key is read and enrolled.
+    let out = run(None);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("Enroll at: "), "{out}");
+}
+
 /// The waiting screen on a real terminal (tmux): the URL, an elapsed-time
 /// line updated in place; Ctrl-C cancels, nothing runs, and the line is
 /// gone afterwards.
