@@ -645,16 +645,23 @@ extern "C" fn remember_signal(sig: libc::c_int) {
 /// CVE-2005-4890 / CVE-2023-28339 class). The terminal stays usable through
 /// the inherited descriptors. Signals that reach this process (Ctrl-C at
 /// the terminal) are forwarded to the child, the only process it signals.
-/// Returns the exit code to use: the child's, or 128 + its signal.
+/// Returns the exit code to use: the child's, or 128 + its signal; or the
+/// error of the child's exec, which the child reports on a close-on-exec
+/// pipe (end of file there means the exec happened), so a failed exec is
+/// logged like one in place.
 pub fn run_detached(p: &Prepared) -> Result<i32, nix::errno::Errno> {
     use nix::sys::wait::{WaitStatus, waitpid};
     use nix::unistd::{ForkResult, fork, setsid};
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: escapes is single-threaded here; the child only calls setsid,
-    // execve and _exit, all async-signal-safe, with buffers built before.
+    // the system calls of `exec`, write and _exit, all async-signal-safe,
+    // with buffers built before.
     match unsafe { fork() }? {
         ForkResult::Child => {
+            drop(report_r);
             let _ = setsid();
             let e = exec(p);
+            let _ = nix::unistd::write(&report_w, &(e as i32).to_ne_bytes());
             // SAFETY: _exit is async-signal-safe and ends the child at once.
             unsafe {
                 libc::_exit(if e == nix::errno::Errno::ENOENT {
@@ -665,6 +672,7 @@ pub fn run_detached(p: &Prepared) -> Result<i32, nix::errno::Errno> {
             }
         }
         ForkResult::Parent { child } => {
+            drop(report_w);
             let handler = SigAction::new(
                 SigHandler::Handler(remember_signal),
                 SaFlags::empty(),
@@ -679,17 +687,33 @@ pub fn run_detached(p: &Prepared) -> Result<i32, nix::errno::Errno> {
                 // SAFETY: the handler only stores to an atomic.
                 let _ = unsafe { sigaction(sig, &handler) };
             }
+            let forward = || {
+                let sig = FORWARD.swap(0, Ordering::SeqCst);
+                if let Ok(sig) = Signal::try_from(sig) {
+                    let _ = nix::sys::signal::kill(child, sig);
+                }
+            };
+            let mut report = [0u8; 4];
+            let mut got = 0;
+            while got < report.len() {
+                match nix::unistd::read(&report_r, &mut report[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(nix::errno::Errno::EINTR) => forward(),
+                    Err(_) => break,
+                }
+            }
+            drop(report_r);
+            let exec_error = (got == report.len())
+                .then(|| nix::errno::Errno::from_raw(i32::from_ne_bytes(report)));
             loop {
                 match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Exited(_, code)) => {
+                        return exec_error.map_or(Ok(code), Err);
+                    }
                     Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
                     Ok(_) => {}
-                    Err(nix::errno::Errno::EINTR) => {
-                        let sig = FORWARD.swap(0, Ordering::SeqCst);
-                        if let Ok(sig) = Signal::try_from(sig) {
-                            let _ = nix::sys::signal::kill(child, sig);
-                        }
-                    }
+                    Err(nix::errno::Errno::EINTR) => forward(),
                     Err(e) => return Err(e),
                 }
             }

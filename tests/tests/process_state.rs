@@ -343,6 +343,62 @@ fn piped_stdio_does_not_hand_the_terminal_to_the_command() {
     assert_eq!(t.sb.last_audit()["event"], "grant_run");
 }
 
+/// An exec that fails after consume is logged as a `denied` line after
+/// the `grant_run` one, also when the command runs detached from the
+/// caller's terminal (non-root target, controlling terminal): there the
+/// exec happens in a forked child, whose failure used to end in a bare
+/// exit 126 with nothing in the log.
+#[test]
+fn a_failed_exec_is_logged_in_place_and_detached() {
+    let Some(t) = setup("exec-fails-detached") else {
+        return;
+    };
+    // Executable, but no program the kernel can load (ENOEXEC).
+    let bogus =
+        t.sb.write_file("bogus", b"\x7fELF not really\n", 0, 0, 0o755);
+    let bogus_s = bogus.to_string_lossy().into_owned();
+    let argv = vec![bogus_s.clone()];
+    let check = |what: &str, out: &str| {
+        let lines = t.sb.audit_lines();
+        let n = lines.len();
+        assert!(n >= 2, "{what}: {lines:?} {out}");
+        assert_eq!(lines[n - 2]["event"], "grant_run", "{what}: {lines:?}");
+        assert_eq!(lines[n - 1]["event"], "denied", "{what}: {lines:?}");
+        assert_eq!(lines[n - 1]["step"], "exec", "{what}: {lines:?}");
+    };
+    // In place: root target, no terminal.
+    let g = t.idp.issue(&GrantSpec::new(HOST, &strs(&argv)));
+    let out =
+        t.sb.escapes_run(&["--grant", &g.jwt, "--", &bogus_s])
+            .as_test_user()
+            .output();
+    assert_eq!(out.code, 126, "{out}");
+    assert!(out.stderr.contains("Exec format error"), "{out}");
+    check("in place", &out.to_string());
+    // Detached: target nobody, a controlling terminal (script).
+    let mut spec = GrantSpec::new(HOST, &strs(&argv));
+    spec.run_as = Some("nobody".into());
+    let g = t.idp.issue(&spec);
+    let gfile =
+        t.sb.write_file("grant-bogus", g.jwt.as_bytes(), 0, 0, 0o600);
+    let out = Run::new("/usr/bin/script")
+        .args([
+            "-qec",
+            &format!(
+                "{} --config {} --grant-file {} -u nobody -- {bogus_s}; echo rc=$?",
+                t.sb.escapes().display(),
+                t.sb.config_path().display(),
+                gfile.display(),
+            ),
+            "/dev/null",
+        ])
+        .timeout(Duration::from_secs(20))
+        .output();
+    assert!(out.stdout.contains("rc=126"), "{out}");
+    assert!(out.stdout.contains("Exec format error"), "{out}");
+    check("detached", &out.to_string());
+}
+
 /// Item 12: the audit line records where the command really runs (after
 /// -D), not where escapes was started.
 #[test]
