@@ -350,6 +350,8 @@ impl Grant {
             "id": self.id,
             "status": self.status_str(now),
             "requester": self.requester,
+            // The real IdP nests the request (`OpenApeGrant.request`).
+            "request": {"requester": self.requester},
             "target_host": self.target_host,
             "audience": self.audience,
             "grant_type": self.grant_type.as_str(),
@@ -1820,9 +1822,8 @@ fn create_grant(shared: &Shared, req: &Request) -> Reply {
         let Some(agent) = st.agent_of(req) else {
             return error_reply(401, "invalid_token");
         };
-        if body.contains_key("requester") && spec.requester != agent {
-            return error_reply(403, "requester_mismatch");
-        }
+        // The body's `requester` is display data the caller chose; the
+        // token's subject replaces it (as the real IdP does).
         spec.requester = agent.clone();
         Some(agent)
     } else {

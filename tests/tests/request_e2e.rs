@@ -454,6 +454,39 @@ fn apes_session_file_is_used_without_a_challenge() {
     assert_eq!(out.code, 2, "{out}");
 }
 
+/// The `agent` of `grant_requested` is who the IdP says asked (the
+/// requester it bound to the bearer), not the `email` the caller wrote
+/// into their session file.
+#[test]
+fn grant_requested_names_the_requester_the_idp_bound() {
+    let Some(t) = setup_with("req-session-who", "timeout = 30\n", false) else {
+        return;
+    };
+    let token = t.idp.login_token(AGENT);
+    let now = pam_openape::time::now_unix();
+    t.user_file(
+        ".config/apes/auth.json",
+        serde_json::json!({"idp": t.idp.issuer(), "access_token": token, "email": "ceo@example.com", "expires_at": now + 3600})
+            .to_string()
+            .as_bytes(),
+        0o600,
+    );
+    t.idp.set_auto_approve(Some(APPROVER));
+    let out = t.run(&["--", "true"], Duration::from_secs(20));
+    assert_eq!(out.code, 0, "{out}");
+    let lines = t.sb.audit_lines();
+    let asked: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "grant_requested")
+        .collect();
+    assert_eq!(asked.len(), 1, "{lines:?}");
+    assert_eq!(asked[0]["agent"].as_str(), Some(AGENT), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.to_string().contains("ceo@")),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn unreadable_or_symlinked_keys_exit_1_without_any_network() {
     let Some(t) = setup_with("req-badkey", "timeout = 30\n", false) else {

@@ -132,16 +132,18 @@ fn child_main(p: &Params, mut client: Client, chan: &mut privsep::Channel) -> i3
         }
         Err(e) => return fail(chan, "identity", &format!("identity unusable: {e}")),
     };
-    chan.send("who", &id.email);
     let mut api = Api {
         client: &mut client,
         idp: p.hints.idp.clone(),
         timeout: p.http_timeout,
     };
-    let bearer = match &id.credential {
-        Credential::Session(t) => t.clone(),
+    // Who asks, for the audit line: the requester the IdP binds to the
+    // grant; else, after a key login, the email that key logged in as. A
+    // session file's `email` is only what the caller wrote there.
+    let (bearer, logged_in) = match &id.credential {
+        Credential::Session(t) => (t.clone(), None),
         Credential::Key(k) => match api.login(&id.email, k) {
-            Ok(t) => t,
+            Ok(t) => (t, Some(id.email.clone())),
             Err(d) => return fail(chan, "identity", &d.reason),
         },
     };
@@ -166,6 +168,9 @@ fn child_main(p: &Params, mut client: Client, chan: &mut privsep::Channel) -> i3
             }
         }
     };
+    if let Some(who) = first.requester.as_ref().or(logged_in.as_ref()) {
+        chan.send("who", who);
+    }
     chan.send("grant", &first.id);
     match first.status {
         Status::Approved => return fetch(&mut api, &bearer, &first.id, chan),

@@ -85,6 +85,10 @@ impl Status {
 pub struct Grant {
     pub id: String,
     pub status: Status,
+    /// The requester the IdP bound to the grant (`request.requester`, or
+    /// a top-level `requester`): the bearer's subject, unlike the email
+    /// the caller's files name.
+    pub requester: Option<String>,
 }
 
 /// One status poll.
@@ -243,9 +247,17 @@ impl Api<'_> {
             .and_then(Value::as_str)
             .and_then(Status::parse)
             .ok_or_else(|| unavailable(format!("{what}: the IdP sent an unknown grant status")))?;
+        let requester = v
+            .get("request")
+            .and_then(|r| r.get("requester"))
+            .or_else(|| v.get("requester"))
+            .and_then(Value::as_str)
+            .filter(|r| super::identity::email_ok(r))
+            .map(str::to_string);
         Ok(Grant {
             id: id.to_string(),
             status,
+            requester,
         })
     }
 
@@ -372,5 +384,21 @@ mod tests {
         assert!(b.get("duration").is_none());
         r.grant_type = "timed".into();
         assert_eq!(r.body()["duration"], json!(60));
+    }
+
+    #[test]
+    fn the_requester_is_the_one_the_idp_bound() {
+        let id = "3f2a0c1e-99aa-4b1c-8d2e-0123456789ab";
+        let who = |v: Value| Api::grant_of("t", &v, None).map(|g| g.requester);
+        // The real IdP's shape: the request nested, its requester set from
+        // the bearer.
+        let nested = json!({"id": id, "status": "pending", "request": {"requester": "a@example.com"}, "requester": "b@example.com"});
+        assert_eq!(who(nested), Ok(Some("a@example.com".into())));
+        let flat = json!({"id": id, "status": "pending", "requester": "b@example.com"});
+        assert_eq!(who(flat), Ok(Some("b@example.com".into())));
+        let none = json!({"id": id, "status": "approved"});
+        assert_eq!(who(none), Ok(None));
+        let bad = json!({"id": id, "status": "pending", "request": {"requester": "x\n@y"}});
+        assert_eq!(who(bad), Ok(None));
     }
 }
