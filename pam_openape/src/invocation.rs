@@ -231,6 +231,11 @@ pub fn parse_su(argv: &[String]) -> Result<Invocation, String> {
         } else if arg == "--" {
             options_done = true;
         } else if arg == "-" || arg == "-l" || arg == "--login" {
+            // su takes only the first operand `-` as the login flag; a
+            // second one becomes the user name (`su - -c CMD - root`).
+            if login {
+                return Err("the login flag given twice is not allowed with grants".into());
+            }
             login = true;
         } else if arg == "-c" || arg == "--command" {
             i += 1;
@@ -249,6 +254,10 @@ pub fn parse_su(argv: &[String]) -> Result<Invocation, String> {
     }
     let user = match operands.as_slice() {
         [] => None,
+        // su looks up names only: `#0` is a user called "#0" to it.
+        [u] if u.starts_with('#') => {
+            return Err("su takes a user name, not #N, with grants".into());
+        }
         [u] => Some(user_spec(u)?),
         _ => return Err("arguments after the user name are not allowed with grants".into()),
     };
@@ -524,6 +533,11 @@ mod tests {
         // "-" after "--" is an operand (an invalid user name), not the
         // login flag.
         assert!(p(&["su", "--", "-"]).is_err());
+        // A second login flag is su's user name; su knows no #N.
+        assert!(p(&["su", "-", "-c", "x", "-", "root"]).is_err());
+        assert!(p(&["su", "-l", "-"]).is_err());
+        assert!(p(&["su", "-", "-c", "x", "#0"]).is_err());
+        assert!(p(&["su", "-", "#0"]).is_err());
         assert_eq!(
             p(&["/bin/su", "-l"]),
             Ok(Invocation {
