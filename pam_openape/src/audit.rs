@@ -5,6 +5,9 @@
 //! creates the directory, never holds a token (only an 8-hex fingerprint).
 //! Callers open it before anything is consumed: a grant that cannot be
 //! logged is not used. Timestamps are UTC, computed without `TZ`.
+//! A line is never written in part for want of space (room is reserved
+//! first), and a line someone else left torn (a writer killed inside its
+//! `write(2)`) is ended before the next record, which so stays whole.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -143,7 +146,10 @@ impl AuditLog {
             .ok_or_else(|| io_err(path, "names no file"))?;
         // Through the checked, symlink-free directory: no component can be
         // swapped between the check and the open.
+        // Readable as well: `append` looks at the last byte (a line torn
+        // by a writer killed mid-write must not swallow the next record).
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
@@ -181,15 +187,21 @@ impl AuditLog {
     /// Make sure `record` (and some slack) will fit on the disk, before a
     /// grant is used: the file is created with an inode even on a full
     /// disk, but its line could then not be written after the consume.
-    /// Space past the end of the file is allocated without changing its
-    /// size (`fallocate(FALLOC_FL_KEEP_SIZE)`); where the file system cannot
-    /// do that, its free space is checked instead.
     pub fn reserve_for(&self, record: &Record) -> Result<(), Denial> {
-        use nix::fcntl::{FallocateFlags, fallocate};
         let len = serde_json::to_vec(record)
             .map_err(|e| io_err(&self.path, e))?
             .len() as u64
             + 4096;
+        self.reserve(len)
+    }
+
+    /// Make room for `len` more bytes at the end of the file. Space past
+    /// the end is allocated without changing the size
+    /// (`fallocate(FALLOC_FL_KEEP_SIZE)`), so the write that follows
+    /// cannot run out of space half-way; where the file system cannot do
+    /// that, its free space is checked instead.
+    fn reserve(&self, len: u64) -> Result<(), Denial> {
+        use nix::fcntl::{FallocateFlags, fallocate};
         let end = self
             .file
             .metadata()
@@ -223,7 +235,21 @@ impl AuditLog {
         }
     }
 
-    /// Append one record as one line with a single `write(2)`.
+    /// Does the file end in the middle of a line? (A writer killed during
+    /// its `write(2)`, or an older build on a full disk, left one.)
+    fn ends_mid_line(&self, end: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Some(last) = end.checked_sub(1) else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        matches!(self.file.read_at(&mut byte, last), Ok(1) if byte != *b"\n")
+    }
+
+    /// Append one record as one line with a single `write(2)`. Nothing is
+    /// written when the whole line does not fit (space is reserved first),
+    /// and a line torn before it is ended first, so a record never becomes
+    /// part of someone else's broken line.
     pub fn append(&self, record: &Record) -> Result<(), Denial> {
         let mut line = serde_json::to_vec(record).map_err(|e| io_err(&self.path, e))?;
         line.push(b'\n');
@@ -236,12 +262,16 @@ impl AuditLog {
             .metadata()
             .map_err(|e| io_err(&self.path, e))?
             .len();
+        if self.ends_mid_line(end) {
+            line.insert(0, b'\n');
+        }
         if !FileSizeLimit::allows(end.saturating_add(line.len() as u64)) {
             return Err(io_err(
                 &self.path,
                 "the file-size limit (ulimit -f) leaves no room for the log line",
             ));
         }
+        self.reserve(line.len() as u64)?;
         let n = (&self.file)
             .write(&line)
             .map_err(|e| io_err(&self.path, format!("write failed: {e}")))?;
@@ -295,6 +325,44 @@ mod tests {
         }
         let mode = std::fs::metadata(&p).map(|m| m.mode() & 0o777).unwrap_or(0);
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_record() {
+        let Some(t) = TempDir::trusted("audit3") else {
+            eprintln!("skipped: no trusted temp directory for this user");
+            return;
+        };
+        let p = t.path().join("audit.log");
+        let log = AuditLog::open(&p, me());
+        assert!(log.is_ok(), "{:?}", log.err());
+        let Ok(log) = log else { return };
+        let rec = Record {
+            ts: crate::time::rfc3339_utc(0),
+            event: "grant_run",
+            via: "escapes".into(),
+            command: vec!["id".into()],
+            ..Record::default()
+        };
+        assert!(log.append(&rec).is_ok());
+        // What a writer killed in the middle of its write(2) leaves: the
+        // start of a line, no newline.
+        let torn = OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(b"{\"ts\":\"x\",\"event\":\"den"));
+        assert!(torn.is_ok(), "{torn:?}");
+        assert!(log.append(&rec).is_ok());
+        assert!(log.append(&rec).is_ok());
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        for i in [0, 2, 3] {
+            let line = lines.get(i).copied().unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            assert_eq!(v["event"], "grant_run", "line {i}: {text}");
+        }
+        assert!(text.ends_with("}\n"));
     }
 
     #[test]

@@ -173,6 +173,57 @@ fn file_size_limits_cannot_stop_or_tear_the_audit_line() {
     }
 }
 
+/// A full file system under the log: a refused line that does not fit
+/// must not be written in part. The part before ENOSPC had no newline, so
+/// the next record (another caller's `grant_run`) was glued onto it and
+/// no longer parsed. A caller who can fill that file system picks the
+/// tear with the length of a refused command line.
+#[test]
+fn a_full_disk_cannot_tear_a_line_into_the_next_record() {
+    let Some(t) = setup("disk-full-tear") else {
+        return;
+    };
+    let log = t.sb.path("log");
+    let Some(_fs) = harness::FullTmpfs::mount(&log) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let fill = log.join("fill");
+    std::fs::remove_file(&fill).unwrap();
+    let argv = vec!["true".to_string()];
+    let g = t.issue(&argv);
+    let out = t.run_after("", &g, &argv);
+    t.assert_ran(&out, &g);
+    let before = std::fs::metadata(t.sb.audit_path()).unwrap().len();
+
+    // The rest of the file system taken (what a user filling a shared
+    // /var does), then a refused command line longer than the room left
+    // in the log's last page.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).unwrap();
+        while f.write_all(&[b'x'; 4096]).is_ok() {}
+        while f.write_all(b"x").is_ok() {}
+    }
+    let long = "A".repeat(9000);
+    let out = t.sb.run_as_user(
+        &["--grant", "not-a-grant", "--", "/bin/echo", long.as_str()],
+        &[],
+        None,
+    );
+    assert_ne!(out.code, 0, "{out}");
+    assert_eq!(
+        std::fs::metadata(t.sb.audit_path()).unwrap().len(),
+        before,
+        "a line that did not fit was written in part"
+    );
+
+    std::fs::remove_file(&fill).unwrap();
+    let g = t.issue(&argv);
+    let out = t.run_after("", &g, &argv);
+    t.assert_ran(&out, &g); // every line parses, the last is this grant_run
+}
+
 /// Item 6: a tiny descriptor limit cannot make escapes consume a grant it
 /// then cannot log or run.
 #[test]
