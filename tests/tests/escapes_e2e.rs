@@ -1252,6 +1252,55 @@ fn caller_supplied_config_with_their_own_idp_is_refused() {
     assert_eq!(evil.consume_count(&g.grant_id), 0);
 }
 
+/// A config that does not parse tells a caller that it is broken and
+/// where, never what it holds: the file is root's alone (0600), but a type
+/// error quoted the value (`invalid type: string "<approver>"`) and a bad
+/// `[env] keep` or `[request] idp` named it, so any caller of the setuid
+/// binary could read the trust root out of a broken config. Root (and
+/// syslog) still get the whole message.
+#[test]
+fn a_broken_config_shows_a_caller_nothing_of_its_content() {
+    let Some(t) = setup("config-leak") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let good = t.sb.config(&t.idp.issuer());
+    let mut keep = good.clone();
+    keep.tail = "[env]\nkeep = [\"LD_HIDDENVALUE\"]\n".into();
+    let mut idp = good.clone();
+    idp.tail = "[request]\nidp = \"https://hiddenvalue.example.com\"\n".into();
+    let typed = good.render().replace(
+        "allowed_approvers = [",
+        "allowed_approvers = \"hiddenvalue@example.com\"\nx = [",
+    );
+    for text in [typed, keep.render(), idp.render()] {
+        t.sb.write_config(&text);
+        for verify in [false, true] {
+            let mut args: Vec<String> = Vec::new();
+            if verify {
+                args.push("verify".into());
+            }
+            args.extend(["--grant-stdin".to_string(), "--".into()]);
+            args.extend(argv.iter().cloned());
+            let out = t.sb.run_as_user(&args, &[], Some(b"x.y.z"));
+            t.assert_refused_early(&out, 1, "m");
+            assert!(out.stderr.contains("/etc/openape/config.toml"), "{out}");
+            assert!(
+                !out.stderr.to_lowercase().contains("hiddenvalue")
+                    && !out.stdout.to_lowercase().contains("hiddenvalue"),
+                "the config's content reached the caller: {out}"
+            );
+            let out = t.sb.run_as_root(&args, &[], Some(b"x.y.z"));
+            assert_eq!(out.code, 1, "{out}");
+            assert!(
+                out.stderr.contains("HIDDENVALUE") || out.stderr.contains("hiddenvalue"),
+                "{out}"
+            );
+        }
+    }
+    assert!(t.sb.audit_lines().is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // Audit log
 // ---------------------------------------------------------------------------

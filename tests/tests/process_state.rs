@@ -430,8 +430,15 @@ fn an_unprivileged_loopback_issuer_needs_an_explicit_yes() {
     let g = t.issue(&argv);
     let out = t.run_after("", &g, &argv);
     assert_eq!(out.code, 1, "{out}");
-    assert!(out.stderr.contains("allow_unprivileged_loopback"), "{out}");
+    assert!(out.stderr.contains("not a valid configuration"), "{out}");
     assert!(!t.sb.marker_exists("m"));
+    assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
+    // The why is for root (the caller sees nothing of the file's content).
+    let mut args = vec!["verify".to_string(), "--grant-stdin".into(), "--".into()];
+    args.extend(argv.iter().cloned());
+    let out = t.sb.run_as_root(&args, &[], Some(g.jwt.as_bytes()));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("allow_unprivileged_loopback"), "{out}");
     assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
 }
 
