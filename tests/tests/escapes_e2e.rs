@@ -994,6 +994,65 @@ fn grant_file_unreadable_looks_like_missing_and_is_read_with_callers_rights() {
     assert!(t.sb.marker_exists("m"));
 }
 
+/// Request mode reads the caller's key in a child that has become the
+/// caller, and `escapes enroll` drops to the caller as well: both took the
+/// groups /etc/group lists for the caller (initgroups), not the ones the
+/// caller holds. A caller that had dropped a group (`setpriv
+/// --clear-groups`, a sandbox) got it back for the read: a key only that
+/// group may read was read (and, were it a key, used to log in to the IdP
+/// and printed as a public key).
+#[test]
+fn keys_are_read_with_the_groups_the_caller_holds() {
+    let Some(t) = setup("key-groups") else {
+        return;
+    };
+    let u = t.user;
+    let key = t.sb.write_file(
+        "group-key",
+        b"readable by the extra group only\n",
+        0,
+        u.extra_gid,
+        0o640,
+    );
+    let key = key.to_string_lossy().into_owned();
+    let cases: [Vec<&str>; 2] = [
+        vec!["--key", &key, "--", "true"],
+        vec![
+            "enroll",
+            "--idp",
+            "https://id.example.com",
+            "--name",
+            "x",
+            "--key",
+            &key,
+        ],
+    ];
+    for args in cases {
+        // Holding the group, the caller may read it (it is no key).
+        let held = t.sb.run_as_user(&args, &[], None);
+        assert_eq!(held.code, 1, "{held}");
+        assert!(held.stderr.contains("not an OpenSSH"), "{held}");
+        // Without it, escapes may not either.
+        let dropped = Run::new("/usr/bin/setpriv")
+            .args([
+                format!("--reuid={}", u.uid),
+                format!("--regid={}", u.gid),
+                "--clear-groups".into(),
+            ])
+            .arg(t.sb.escapes())
+            .args(&args)
+            .cwd(t.sb.root())
+            .config_ns(t.sb.config_ns())
+            .output();
+        assert_eq!(dropped.code, 1, "{dropped}");
+        assert!(
+            dropped.stderr.contains("permission denied") && !dropped.stderr.contains("OpenSSH"),
+            "a group the caller does not hold was used: {dropped}"
+        );
+    }
+    assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
+}
+
 /// `--grant-file` was read with the caller's file-system ids but root's
 /// other capabilities: CAP_SYS_PTRACE let the path walk through
 /// `/proc/PID/cwd` (or `root`) of any process, landing inside a directory

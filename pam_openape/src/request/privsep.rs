@@ -418,13 +418,22 @@ impl Drop for Child {
 }
 
 /// Become `caller` for good. Runs in the child, as root (or as the caller
-/// already, when the caller is root).
-fn become_caller(c: &Caller) -> Result<(), String> {
+/// already, when the caller is root); `escapes enroll` uses it too.
+///
+/// Supplementary groups: those the process holds (the caller's own, or a
+/// PAM host's) that /etc/group also lists for the caller. Never more than
+/// the caller holds: `initgroups` alone gave back a group the caller had
+/// dropped (`setpriv --clear-groups`, a sandbox), and a file only that
+/// group may read was read on the caller's behalf.
+pub fn become_caller(c: &Caller) -> Result<(), String> {
     use nix::unistd::{Gid, Uid};
     let name = CString::new(c.name.as_bytes()).map_err(|_| "user name contains NUL".to_string())?;
     let gid = Gid::from_raw(c.gid);
     let uid = Uid::from_raw(c.uid);
-    nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
+    let held = nix::unistd::getgroups().map_err(|e| format!("getgroups: {e}"))?;
+    let listed = nix::unistd::getgrouplist(&name, gid).map_err(|e| format!("getgrouplist: {e}"))?;
+    let groups: Vec<Gid> = listed.into_iter().filter(|g| held.contains(g)).collect();
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setresgid: {e}"))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {e}"))?;
     let ids = nix::unistd::getresuid().map_err(|e| format!("getresuid: {e}"))?;
