@@ -81,6 +81,11 @@ pub struct Record {
     pub command: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmd_hash: Option<String>,
+    /// Set only when `command` was cut to fit [`MAX_LINE`]: the size in
+    /// bytes of the whole command (its arguments joined by spaces), whose
+    /// `cmd_hash` the record then carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +111,74 @@ pub struct Record {
     /// First 8 hex digits of SHA-256 of the token, for correlation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_fp: Option<String>,
+}
+
+/// Longest line written. A grant is at most 16 KiB, so no command a grant
+/// names comes near it; a longer line is a refused command line (argv can
+/// hold megabytes, six times that once control characters are escaped),
+/// which went into root's log whole. Such a record is cut: the first
+/// [`KEPT_COMMAND`] bytes of its command, the size and `cmd_hash` of the
+/// whole, a reason and cwd of at most [`KEPT_TEXT`] bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+/// What a cut record keeps of its command (escaped JSON bytes).
+const KEPT_COMMAND: usize = 32 * 1024;
+/// What a cut record keeps of its reason and cwd (escaped JSON bytes).
+const KEPT_TEXT: usize = 4096;
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn json_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The longest prefix of `s` that takes at most `budget` bytes inside a
+/// JSON string, and the bytes it takes.
+fn prefix_within(s: &str, budget: usize) -> (&str, usize) {
+    let mut used = 0;
+    for (i, c) in s.char_indices() {
+        if used + json_len(c) > budget {
+            return (s.get(..i).unwrap_or_default(), used);
+        }
+        used += json_len(c);
+    }
+    (s, used)
+}
+
+impl Record {
+    /// This record cut to fit [`MAX_LINE`] (see there).
+    fn fitted(&self) -> Record {
+        let mut budget = KEPT_COMMAND;
+        let mut command = Vec::new();
+        for arg in &self.command {
+            let (kept, used) = prefix_within(arg, budget);
+            command.push(kept.to_string());
+            // Quotes and comma.
+            budget = budget.saturating_sub(used + 3);
+            if kept.len() < arg.len() || budget == 0 {
+                break;
+            }
+        }
+        let whole = self.command.iter().map(String::len).sum::<usize>()
+            + self.command.len().saturating_sub(1);
+        let cut = |t: &Option<String>| {
+            t.as_deref()
+                .map(|t| prefix_within(t, KEPT_TEXT).0.to_string())
+        };
+        Record {
+            command,
+            command_bytes: Some(whole as u64),
+            cmd_hash: self
+                .cmd_hash
+                .clone()
+                .or_else(|| Some(crate::command::cmd_hash(&self.command))),
+            reason: cut(&self.reason),
+            cwd: cut(&self.cwd),
+            ..self.clone()
+        }
+    }
 }
 
 /// An open audit log.
@@ -252,6 +325,9 @@ impl AuditLog {
     /// part of someone else's broken line.
     pub fn append(&self, record: &Record) -> Result<(), Denial> {
         let mut line = serde_json::to_vec(record).map_err(|e| io_err(&self.path, e))?;
+        if line.len() >= MAX_LINE {
+            line = serde_json::to_vec(&record.fitted()).map_err(|e| io_err(&self.path, e))?;
+        }
         line.push(b'\n');
         // A file-size limit must not cut a line in half (the rest of the
         // log would no longer parse): lift it for this write where the
@@ -325,6 +401,61 @@ mod tests {
         }
         let mode = std::fs::metadata(&p).map(|m| m.mode() & 0o777).unwrap_or(0);
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_huge_record_is_cut_to_one_bounded_line() {
+        let Some(t) = TempDir::trusted("audit4") else {
+            eprintln!("skipped: no trusted temp directory for this user");
+            return;
+        };
+        let p = t.path().join("audit.log");
+        let Ok(log) = AuditLog::open(&p, me()) else {
+            return;
+        };
+        // Under the limit (what a 16 KiB grant can name): untouched.
+        let small: Vec<String> = vec!["echo".into(), "\u{1}\"é".repeat(1500)];
+        let rec = Record {
+            event: "grant_run",
+            command: small.clone(),
+            ..Record::default()
+        };
+        assert!(log.append(&rec).is_ok());
+        // Over it: every kind of character, megabytes of them.
+        let big: Vec<String> = std::iter::once("x".to_string())
+            .chain(std::iter::repeat_n("a\u{1}\"\\\né€".repeat(20_000), 30))
+            .collect();
+        let rec = Record {
+            event: "denied",
+            command: big.clone(),
+            reason: Some("\u{2}".repeat(100_000)),
+            ..Record::default()
+        };
+        assert!(log.append(&rec).is_ok());
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let first: serde_json::Value =
+            serde_json::from_str(lines.first().copied().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(first["command"], serde_json::json!(small));
+        assert!(first.get("command_bytes").is_none());
+        let last = lines.last().copied().unwrap_or_default();
+        assert!(last.len() < MAX_LINE, "{}", last.len());
+        let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+        let kept: Vec<String> = serde_json::from_value(v["command"].clone()).unwrap_or_default();
+        assert_eq!(kept.first(), big.first());
+        assert!(kept.len() >= 2 && kept.len() < big.len(), "{}", kept.len());
+        for (k, b) in kept.iter().zip(&big) {
+            assert!(b.starts_with(k.as_str()));
+        }
+        let whole = big.iter().map(String::len).sum::<usize>() + big.len() - 1;
+        assert_eq!(v["command_bytes"], whole);
+        assert_eq!(v["cmd_hash"], crate::command::cmd_hash(&big));
+        assert!(
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.len() * 6 <= KEPT_TEXT)
+        );
     }
 
     #[test]

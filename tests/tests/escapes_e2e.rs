@@ -1364,6 +1364,38 @@ fn a_broken_config_shows_a_caller_nothing_of_its_content() {
 // Audit log
 // ---------------------------------------------------------------------------
 
+/// One refused run cannot write megabytes into root's log: the command
+/// line (argv can hold megabytes, six times that once control characters
+/// are escaped) went into the `denied` line whole, some 35 MB per
+/// invocation from any caller, enough to fill /var in a minute and then
+/// refuse every grant for want of room. A line is now at most 64 KiB: the
+/// command is cut, with its full size and the SHA-256 of the whole.
+#[test]
+fn a_refused_command_line_cannot_flood_the_audit_log() {
+    let Some(t) = setup("audit-flood") else {
+        return;
+    };
+    let arg = "\u{1}".repeat(100_000);
+    let mut args = vec!["--grant", "not-a-grant", "--", "/bin/echo"];
+    args.extend(std::iter::repeat_n(arg.as_str(), 12));
+    let out = t.sb.run_as_user(&args, &[], None);
+    assert_eq!(out.code, 5, "{out}");
+    let size = std::fs::metadata(t.sb.audit_path()).unwrap().len();
+    assert!(size <= 64 * 1024, "one refused run wrote {size} bytes");
+    let line = t.sb.last_audit();
+    assert_eq!(line["event"], "denied", "{line}");
+    assert_eq!(line["command_bytes"], 9 + 12 * 100_001, "{line}");
+    let command: Vec<String> = serde_json::from_value(line["command"].clone()).unwrap();
+    assert_eq!(command.first().map(String::as_str), Some("/bin/echo"));
+    let kept = command.get(1).cloned().unwrap_or_default();
+    assert!(!kept.is_empty() && arg.starts_with(&kept), "{line}");
+    let whole: Vec<String> = std::iter::once("/bin/echo".to_string())
+        .chain(std::iter::repeat_n(arg.clone(), 12))
+        .collect();
+    let hash = pam_openape::command::cmd_hash(&whole);
+    assert_eq!(line["cmd_hash"], hash.as_str(), "{line}");
+}
+
 #[test]
 fn missing_audit_directory_runs_nothing_and_consumes_nothing() {
     let Some(t) = setup("audit-missing") else {
