@@ -1396,6 +1396,29 @@ fn a_refused_command_line_cannot_flood_the_audit_log() {
     assert_eq!(line["cmd_hash"], hash.as_str(), "{line}");
 }
 
+/// A missing JWKS cache directory is made by root on any caller's run,
+/// and was made (with every missing directory above it) before the chain
+/// was checked: below a directory another user may write, that user could
+/// swap a new directory for a symlink and have root make directories
+/// wherever they point. The chain is checked first now; nothing is made.
+#[test]
+fn a_cache_directory_is_not_made_below_a_directory_others_may_write() {
+    let Some(t) = setup("cache-mkdir") else {
+        return;
+    };
+    let theirs = t.sb.user_dir("theirs");
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.cache_dir = theirs.join("cache/jwks");
+    t.sb.write_config(&cfg.render());
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 1, "key", "m");
+    t.assert_not_consumed(&g);
+    let made: Vec<_> = std::fs::read_dir(&theirs).unwrap().collect();
+    assert!(made.is_empty(), "made below the user's directory: {made:?}");
+}
+
 #[test]
 fn missing_audit_directory_runs_nothing_and_consumes_nothing() {
     let Some(t) = setup("audit-missing") else {
