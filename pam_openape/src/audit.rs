@@ -120,6 +120,8 @@ pub struct Record {
 /// [`KEPT_COMMAND`] bytes of its command, the size and `cmd_hash` of the
 /// whole, a reason and cwd of at most [`KEPT_TEXT`] bytes.
 pub const MAX_LINE: usize = 64 * 1024;
+/// Longest wait for another writer's lock (see [`AuditLog::append`]).
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 /// What a cut record keeps of its command (escaped JSON bytes).
 const KEPT_COMMAND: usize = 32 * 1024;
 /// What a cut record keeps of its reason and cwd (escaped JSON bytes).
@@ -308,6 +310,30 @@ impl AuditLog {
         }
     }
 
+    /// Held while a line is checked and written: the end of the file seen
+    /// before the write is then never another writer's line still being
+    /// copied in (which would look torn). Other writers wait at most
+    /// [`LOCK_PATIENCE`]; one stopped while holding it (a caller may
+    /// SIGSTOP its own escapes) only delays them, they then write without
+    /// it. A writer that dies lets go of it with its descriptor.
+    fn lock(&self) -> Option<nix::fcntl::Flock<File>> {
+        use nix::fcntl::{Flock, FlockArg};
+        // A second descriptor of the same open file: the lock belongs to
+        // the open file, so this process's other uses of it never wait.
+        let mut file = self.file.try_clone().ok()?;
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => return Some(locked),
+                Err((f, _)) if std::time::Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Does the file end in the middle of a line? (A writer killed during
     /// its `write(2)`, or an older build on a full disk, left one.)
     fn ends_mid_line(&self, end: u64) -> bool {
@@ -333,6 +359,7 @@ impl AuditLog {
         // log would no longer parse): lift it for this write where the
         // process may, and refuse to write a line that would not fit.
         let _lift = FileSizeLimit::lift();
+        let _held = self.lock();
         let end = self
             .file
             .metadata()

@@ -224,6 +224,34 @@ fn a_full_disk_cannot_tear_a_line_into_the_next_record() {
     t.assert_ran(&out, &g); // every line parses, the last is this grant_run
 }
 
+/// Many writers at once, with lines that cross page boundaries: every
+/// line is one whole record, none empty, none interleaved. (A writer that
+/// checked the end of the file while another's line was still being
+/// copied in took it for a torn line and ended it: an empty line.)
+#[test]
+fn concurrent_writers_leave_whole_lines_only() {
+    let Some(t) = setup("audit-concurrent") else {
+        return;
+    };
+    let script = format!(
+        "a=$(printf '%03000d' 0)\nfor j in 1 2 3 4 5 6 7 8; do (for i in $(seq 1 60); do {} --grant x -- /bin/echo $j$a >/dev/null 2>&1; done) & done\nwait",
+        t.sb.escapes().display()
+    );
+    let out = Run::new("/bin/bash")
+        .args(["-c", &script])
+        .cwd(t.sb.root())
+        .config_ns(t.sb.config_ns())
+        .as_test_user()
+        .timeout(Duration::from_secs(120))
+        .output();
+    assert_eq!(out.code, 0, "{out}");
+    let text = t.sb.audit_text();
+    assert_eq!(text.lines().count(), 480, "{}", text.len());
+    assert!(!text.contains("\n\n"), "an empty line");
+    let lines = t.sb.audit_lines(); // panics on a torn line
+    assert!(lines.iter().all(|l| l["event"] == "denied"));
+}
+
 /// Item 6: a tiny descriptor limit cannot make escapes consume a grant it
 /// then cannot log or run.
 #[test]
