@@ -92,7 +92,12 @@ pub fn run(args: &[OsString]) -> i32 {
             return 1;
         }
     };
-    if let Err(e) = sys::become_user(&me, nix::unistd::getgid(), sys::Groups::Kept) {
+    let who = pam_openape::request::privsep::Caller {
+        uid: me.uid.as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+        name: me.name.clone(),
+    };
+    if let Err(e) = pam_openape::request::privsep::become_caller(&who) {
         say(&format!("enroll: cannot drop privileges: {e}"));
         return 1;
     }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use nix::unistd::{Gid, User};
 use pam_openape::audit::{AuditLog, Record};
 use pam_openape::command;
-use pam_openape::config::{Config, DEFAULT_CONFIG_PATH};
+use pam_openape::config::{Config, DEFAULT_CONFIG_PATH, LoadError};
 use pam_openape::http::Client;
 use pam_openape::jwks::KeyCache;
 use pam_openape::time::{now_unix, rfc3339_utc};
@@ -189,9 +189,25 @@ fn load_config(opts: &Opts) -> Result<Config, i32> {
         Some(p) => p.clone(),
         None => PathBuf::from(DEFAULT_CONFIG_PATH),
     };
-    Config::load(&path, ROOT).map_err(|e| {
-        refuse(&e.reason);
-        e.exit_code()
+    Config::load_checked(&path, ROOT).map_err(|e| match e {
+        LoadError::Untrusted(d) => {
+            refuse(&d.reason);
+            d.exit_code()
+        }
+        // The file is root's alone: a caller learns that it is broken,
+        // not what it holds (a parse error quotes values).
+        LoadError::Invalid(d) => {
+            sys::syslog_refusal(&d.reason);
+            if nix::unistd::getuid().is_root() {
+                say(&d.reason);
+            } else {
+                say(&format!(
+                    "config {} is not a valid configuration; root sees why (escapes verify, or the system log)",
+                    path.display()
+                ));
+            }
+            d.exit_code()
+        }
     })
 }
 
@@ -299,7 +315,7 @@ fn elevate_logged(
     // unspent, and the network step below runs without root (unless root
     // is the target). The audit log stays open for writing.
     sys::cloexec_from_3().map_err(|e| Denial::new(Step::Exec, Kind::Exec, e))?;
-    sys::become_user(&target, primary, sys::Groups::Database).map_err(|e| {
+    sys::become_user(&target, primary).map_err(|e| {
         Denial::new(
             Step::Exec,
             Kind::Exec,

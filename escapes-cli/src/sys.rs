@@ -305,26 +305,14 @@ pub fn group_by_name(name: &str) -> Result<Option<Gid>, String> {
         .map_err(|e| format!("cannot look up group {name}: {e}"))
 }
 
-/// Where [`become_user`] takes the supplementary groups from.
-pub enum Groups {
-    /// The group database's for the user (none of the caller's survive):
-    /// for the target of a command.
-    Database,
-    /// Those the process holds now: for becoming the caller again, who
-    /// must not get back a group their process dropped.
-    Kept,
-}
-
-/// Become `user` for good: supplementary groups (see [`Groups`]), then
-/// gid, then uid (real, effective and saved), then check that there is no
-/// way back.
-pub fn become_user(user: &User, primary: Gid, groups: Groups) -> Result<(), String> {
-    if let Groups::Database = groups {
-        let name =
-            CString::new(user.name.as_bytes()).map_err(|_| "user name contains NUL".to_string())?;
-        nix::unistd::initgroups(&name, primary)
-            .map_err(|e| format!("initgroups({}): {e}", user.name))?;
-    }
+/// Become `user` for good: supplementary groups from the group database
+/// (none of the caller's survive), then gid, then uid (real, effective and
+/// saved), then check that there is no way back.
+pub fn become_user(user: &User, primary: Gid) -> Result<(), String> {
+    let name =
+        CString::new(user.name.as_bytes()).map_err(|_| "user name contains NUL".to_string())?;
+    nix::unistd::initgroups(&name, primary)
+        .map_err(|e| format!("initgroups({}): {e}", user.name))?;
     nix::unistd::setresgid(primary, primary, primary)
         .map_err(|e| format!("setresgid({primary}): {e}"))?;
     nix::unistd::setresuid(user.uid, user.uid, user.uid)

@@ -212,12 +212,24 @@ fn ask(prompt: &str) -> Result<String, String> {
 }
 
 /// Create the config's directory if it is missing (root, 0755), then
-/// check that it and every directory above it are root's alone.
+/// check that it and every directory above it are root's alone. The
+/// directory above a missing one is checked before anything is made: in a
+/// directory someone else may write, they could swap the new directory for
+/// a symlink before the chown and chmod below.
 fn prepare_dir(path: &Path) -> Result<PathBuf, String> {
+    let refuse = |e: trust::Untrusted| {
+        format!("refusing to write the trust root below an unsafe directory: {e}")
+    };
     let dir = path
         .parent()
         .ok_or_else(|| format!("{} has no directory", path.display()))?;
     if std::fs::symlink_metadata(dir).is_err() {
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+            return Err(format!("{} cannot be created", dir.display()));
+        };
+        let dir = &trust::check_dir_chain(parent, ROOT)
+            .map_err(refuse)?
+            .join(name);
         std::fs::DirBuilder::new()
             .mode(0o755)
             .create(dir)
@@ -228,8 +240,7 @@ fn prepare_dir(path: &Path) -> Result<PathBuf, String> {
             .map_err(|e| format!("cannot chmod {}: {e}", dir.display()))?;
         crate::outln!("created {} (root, 0755)", dir.display());
     }
-    trust::check_dir_chain(dir, ROOT)
-        .map_err(|e| format!("refusing to write the trust root below an unsafe directory: {e}"))
+    trust::check_dir_chain(dir, ROOT).map_err(refuse)
 }
 
 /// The existing file's text, `None` if there is none. A file someone

@@ -5,6 +5,9 @@
 //! creates the directory, never holds a token (only an 8-hex fingerprint).
 //! Callers open it before anything is consumed: a grant that cannot be
 //! logged is not used. Timestamps are UTC, computed without `TZ`.
+//! A line is never written in part for want of space (room is reserved
+//! first), and a line someone else left torn (a writer killed inside its
+//! `write(2)`) is ended before the next record, which so stays whole.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -78,6 +81,11 @@ pub struct Record {
     pub command: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cmd_hash: Option<String>,
+    /// Set only when `command` was cut to fit [`MAX_LINE`]: the size in
+    /// bytes of the whole command (its arguments joined by spaces), whose
+    /// `cmd_hash` the record then carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -103,6 +111,76 @@ pub struct Record {
     /// First 8 hex digits of SHA-256 of the token, for correlation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_fp: Option<String>,
+}
+
+/// Longest line written. A grant is at most 16 KiB, so no command a grant
+/// names comes near it; a longer line is a refused command line (argv can
+/// hold megabytes, six times that once control characters are escaped),
+/// which went into root's log whole. Such a record is cut: the first
+/// [`KEPT_COMMAND`] bytes of its command, the size and `cmd_hash` of the
+/// whole, a reason and cwd of at most [`KEPT_TEXT`] bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Longest wait for another writer's lock (see [`AuditLog::append`]).
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+/// What a cut record keeps of its command (escaped JSON bytes).
+const KEPT_COMMAND: usize = 32 * 1024;
+/// What a cut record keeps of its reason and cwd (escaped JSON bytes).
+const KEPT_TEXT: usize = 4096;
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn json_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The longest prefix of `s` that takes at most `budget` bytes inside a
+/// JSON string, and the bytes it takes.
+fn prefix_within(s: &str, budget: usize) -> (&str, usize) {
+    let mut used = 0;
+    for (i, c) in s.char_indices() {
+        if used + json_len(c) > budget {
+            return (s.get(..i).unwrap_or_default(), used);
+        }
+        used += json_len(c);
+    }
+    (s, used)
+}
+
+impl Record {
+    /// This record cut to fit [`MAX_LINE`] (see there).
+    fn fitted(&self) -> Record {
+        let mut budget = KEPT_COMMAND;
+        let mut command = Vec::new();
+        for arg in &self.command {
+            let (kept, used) = prefix_within(arg, budget);
+            command.push(kept.to_string());
+            // Quotes and comma.
+            budget = budget.saturating_sub(used + 3);
+            if kept.len() < arg.len() || budget == 0 {
+                break;
+            }
+        }
+        let whole = self.command.iter().map(String::len).sum::<usize>()
+            + self.command.len().saturating_sub(1);
+        let cut = |t: &Option<String>| {
+            t.as_deref()
+                .map(|t| prefix_within(t, KEPT_TEXT).0.to_string())
+        };
+        Record {
+            command,
+            command_bytes: Some(whole as u64),
+            cmd_hash: self
+                .cmd_hash
+                .clone()
+                .or_else(|| Some(crate::command::cmd_hash(&self.command))),
+            reason: cut(&self.reason),
+            cwd: cut(&self.cwd),
+            ..self.clone()
+        }
+    }
 }
 
 /// An open audit log.
@@ -143,7 +221,10 @@ impl AuditLog {
             .ok_or_else(|| io_err(path, "names no file"))?;
         // Through the checked, symlink-free directory: no component can be
         // swapped between the check and the open.
+        // Readable as well: `append` looks at the last byte (a line torn
+        // by a writer killed mid-write must not swallow the next record).
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
@@ -181,15 +262,21 @@ impl AuditLog {
     /// Make sure `record` (and some slack) will fit on the disk, before a
     /// grant is used: the file is created with an inode even on a full
     /// disk, but its line could then not be written after the consume.
-    /// Space past the end of the file is allocated without changing its
-    /// size (`fallocate(FALLOC_FL_KEEP_SIZE)`); where the file system cannot
-    /// do that, its free space is checked instead.
     pub fn reserve_for(&self, record: &Record) -> Result<(), Denial> {
-        use nix::fcntl::{FallocateFlags, fallocate};
         let len = serde_json::to_vec(record)
             .map_err(|e| io_err(&self.path, e))?
             .len() as u64
             + 4096;
+        self.reserve(len)
+    }
+
+    /// Make room for `len` more bytes at the end of the file. Space past
+    /// the end is allocated without changing the size
+    /// (`fallocate(FALLOC_FL_KEEP_SIZE)`), so the write that follows
+    /// cannot run out of space half-way; where the file system cannot do
+    /// that, its free space is checked instead.
+    fn reserve(&self, len: u64) -> Result<(), Denial> {
+        use nix::fcntl::{FallocateFlags, fallocate};
         let end = self
             .file
             .metadata()
@@ -223,25 +310,71 @@ impl AuditLog {
         }
     }
 
-    /// Append one record as one line with a single `write(2)`.
+    /// Held while a line is checked and written: the end of the file seen
+    /// before the write is then never another writer's line still being
+    /// copied in (which would look torn). Other writers wait at most
+    /// [`LOCK_PATIENCE`]; one stopped while holding it (a caller may
+    /// SIGSTOP its own escapes) only delays them, they then write without
+    /// it. A writer that dies lets go of it with its descriptor.
+    fn lock(&self) -> Option<nix::fcntl::Flock<File>> {
+        use nix::fcntl::{Flock, FlockArg};
+        // A second descriptor of the same open file: the lock belongs to
+        // the open file, so this process's other uses of it never wait.
+        let mut file = self.file.try_clone().ok()?;
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => return Some(locked),
+                Err((f, _)) if std::time::Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Does the file end in the middle of a line? (A writer killed during
+    /// its `write(2)`, or an older build on a full disk, left one.)
+    fn ends_mid_line(&self, end: u64) -> bool {
+        use std::os::unix::fs::FileExt;
+        let Some(last) = end.checked_sub(1) else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        matches!(self.file.read_at(&mut byte, last), Ok(1) if byte != *b"\n")
+    }
+
+    /// Append one record as one line with a single `write(2)`. Nothing is
+    /// written when the whole line does not fit (space is reserved first),
+    /// and a line torn before it is ended first, so a record never becomes
+    /// part of someone else's broken line.
     pub fn append(&self, record: &Record) -> Result<(), Denial> {
         let mut line = serde_json::to_vec(record).map_err(|e| io_err(&self.path, e))?;
+        if line.len() >= MAX_LINE {
+            line = serde_json::to_vec(&record.fitted()).map_err(|e| io_err(&self.path, e))?;
+        }
         line.push(b'\n');
         // A file-size limit must not cut a line in half (the rest of the
         // log would no longer parse): lift it for this write where the
         // process may, and refuse to write a line that would not fit.
         let _lift = FileSizeLimit::lift();
+        let _held = self.lock();
         let end = self
             .file
             .metadata()
             .map_err(|e| io_err(&self.path, e))?
             .len();
+        if self.ends_mid_line(end) {
+            line.insert(0, b'\n');
+        }
         if !FileSizeLimit::allows(end.saturating_add(line.len() as u64)) {
             return Err(io_err(
                 &self.path,
                 "the file-size limit (ulimit -f) leaves no room for the log line",
             ));
         }
+        self.reserve(line.len() as u64)?;
         let n = (&self.file)
             .write(&line)
             .map_err(|e| io_err(&self.path, format!("write failed: {e}")))?;
@@ -295,6 +428,99 @@ mod tests {
         }
         let mode = std::fs::metadata(&p).map(|m| m.mode() & 0o777).unwrap_or(0);
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_huge_record_is_cut_to_one_bounded_line() {
+        let Some(t) = TempDir::trusted("audit4") else {
+            eprintln!("skipped: no trusted temp directory for this user");
+            return;
+        };
+        let p = t.path().join("audit.log");
+        let Ok(log) = AuditLog::open(&p, me()) else {
+            return;
+        };
+        // Under the limit (what a 16 KiB grant can name): untouched.
+        let small: Vec<String> = vec!["echo".into(), "\u{1}\"é".repeat(1500)];
+        let rec = Record {
+            event: "grant_run",
+            command: small.clone(),
+            ..Record::default()
+        };
+        assert!(log.append(&rec).is_ok());
+        // Over it: every kind of character, megabytes of them.
+        let big: Vec<String> = std::iter::once("x".to_string())
+            .chain(std::iter::repeat_n("a\u{1}\"\\\né€".repeat(20_000), 30))
+            .collect();
+        let rec = Record {
+            event: "denied",
+            command: big.clone(),
+            reason: Some("\u{2}".repeat(100_000)),
+            ..Record::default()
+        };
+        assert!(log.append(&rec).is_ok());
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let first: serde_json::Value =
+            serde_json::from_str(lines.first().copied().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(first["command"], serde_json::json!(small));
+        assert!(first.get("command_bytes").is_none());
+        let last = lines.last().copied().unwrap_or_default();
+        assert!(last.len() < MAX_LINE, "{}", last.len());
+        let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+        let kept: Vec<String> = serde_json::from_value(v["command"].clone()).unwrap_or_default();
+        assert_eq!(kept.first(), big.first());
+        assert!(kept.len() >= 2 && kept.len() < big.len(), "{}", kept.len());
+        for (k, b) in kept.iter().zip(&big) {
+            assert!(b.starts_with(k.as_str()));
+        }
+        let whole = big.iter().map(String::len).sum::<usize>() + big.len() - 1;
+        assert_eq!(v["command_bytes"], whole);
+        assert_eq!(v["cmd_hash"], crate::command::cmd_hash(&big));
+        assert!(
+            v["reason"]
+                .as_str()
+                .is_some_and(|r| r.len() * 6 <= KEPT_TEXT)
+        );
+    }
+
+    #[test]
+    fn a_torn_last_line_does_not_swallow_the_next_record() {
+        let Some(t) = TempDir::trusted("audit3") else {
+            eprintln!("skipped: no trusted temp directory for this user");
+            return;
+        };
+        let p = t.path().join("audit.log");
+        let log = AuditLog::open(&p, me());
+        assert!(log.is_ok(), "{:?}", log.err());
+        let Ok(log) = log else { return };
+        let rec = Record {
+            ts: crate::time::rfc3339_utc(0),
+            event: "grant_run",
+            via: "escapes".into(),
+            command: vec!["id".into()],
+            ..Record::default()
+        };
+        assert!(log.append(&rec).is_ok());
+        // What a writer killed in the middle of its write(2) leaves: the
+        // start of a line, no newline.
+        let torn = OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| f.write_all(b"{\"ts\":\"x\",\"event\":\"den"));
+        assert!(torn.is_ok(), "{torn:?}");
+        assert!(log.append(&rec).is_ok());
+        assert!(log.append(&rec).is_ok());
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        for i in [0, 2, 3] {
+            let line = lines.get(i).copied().unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            assert_eq!(v["event"], "grant_run", "line {i}: {text}");
+        }
+        assert!(text.ends_with("}\n"));
     }
 
     #[test]

@@ -359,14 +359,39 @@ fn request_config(
     })
 }
 
+/// Why [`Config::load_checked`] failed.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file, or a directory above it, is not a trust root. The reason
+    /// names the path and the problem, nothing of the content.
+    Untrusted(Denial),
+    /// The content is not a valid configuration. The reason may quote it
+    /// (a value of the wrong type, a refused name): for root's eyes only.
+    Invalid(Denial),
+}
+
 impl Config {
     /// Load and validate a config file after the trust-root check.
     pub fn load(path: &Path, trusted_owner: u32) -> Result<Config, Denial> {
-        let bytes = trust::read_trusted(path, trusted_owner)
-            .map_err(|e| Denial::new(Step::Config, Kind::Config, format!("config {e}")))?;
-        let text =
-            std::str::from_utf8(&bytes).map_err(|_| config_err(path, "is not valid UTF-8"))?;
-        Self::parse(path, text, trusted_owner)
+        Self::load_checked(path, trusted_owner).map_err(|e| match e {
+            LoadError::Untrusted(d) | LoadError::Invalid(d) => d,
+        })
+    }
+
+    /// [`Config::load`], telling a file that is not trusted from one whose
+    /// content is wrong (whose message must not reach an unprivileged
+    /// caller: the file is root's alone).
+    pub fn load_checked(path: &Path, trusted_owner: u32) -> Result<Config, LoadError> {
+        let bytes = trust::read_trusted(path, trusted_owner).map_err(|e| {
+            LoadError::Untrusted(Denial::new(
+                Step::Config,
+                Kind::Config,
+                format!("config {e}"),
+            ))
+        })?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| LoadError::Invalid(config_err(path, "is not valid UTF-8")))?;
+        Self::parse(path, text, trusted_owner).map_err(LoadError::Invalid)
     }
 
     /// Parse and validate config text (no file-system checks).

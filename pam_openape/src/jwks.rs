@@ -279,6 +279,23 @@ impl<'a> KeyCache<'a> {
     fn dir(&self) -> Result<PathBuf, Denial> {
         let dir = self.cfg.cache_dir.as_path();
         if !dir.exists() {
+            // Only below a trusted directory: in one someone else may
+            // write, they could swap what is made for a symlink and have
+            // root make the rest wherever it points.
+            let base = dir
+                .ancestors()
+                .skip(1)
+                .find(|d| d.exists())
+                .ok_or_else(|| {
+                    Denial::new(
+                        Step::Key,
+                        Kind::Config,
+                        format!("cache directory {}: nothing of it exists", dir.display()),
+                    )
+                })?;
+            trust::check_dir_chain(base, self.cfg.trusted_owner).map_err(|e| {
+                Denial::new(Step::Key, Kind::Config, format!("cache directory {e}"))
+            })?;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)

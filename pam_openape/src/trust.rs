@@ -59,23 +59,23 @@ fn check_meta(path: &Path, meta: &std::fs::Metadata, owner: u32) -> Result<(), U
 }
 
 /// Check every directory from `dir` up to `/`: owned by `owner`, not
-/// writable by group or others. Symlinked directories are resolved first
-/// and the real path is what gets checked.
+/// writable by group or others. Both chains are checked: the directories
+/// as named (a symlink on the way lives in one of them, and whoever may
+/// write there may point it elsewhere at any time, between this check and
+/// an open too) and the real, symlink-free path, which is returned.
 pub fn check_dir_chain(dir: &Path, owner: u32) -> Result<PathBuf, Untrusted> {
     if !dir.is_absolute() {
         return Err(untrusted(dir, "is not an absolute path"));
     }
     let real = std::fs::canonicalize(dir)
         .map_err(|e| untrusted(dir, format!("cannot be resolved: {e}")))?;
-    let mut cur: Option<&Path> = Some(real.as_path());
-    while let Some(d) = cur {
+    for d in real.ancestors().chain(dir.ancestors()) {
         let meta =
             std::fs::metadata(d).map_err(|e| untrusted(d, format!("cannot be examined: {e}")))?;
         if !meta.is_dir() {
             return Err(untrusted(d, "is not a directory"));
         }
         check_meta(d, &meta, owner)?;
-        cur = d.parent();
     }
     Ok(real)
 }
@@ -90,8 +90,15 @@ pub fn open_trusted(path: &Path, owner: u32) -> Result<File, Untrusted> {
     let parent = path
         .parent()
         .ok_or_else(|| untrusted(path, "has no parent directory"))?;
-    check_dir_chain(parent, owner)?;
-    open_in_trusted_dir(path, owner)
+    let name = path
+        .file_name()
+        .ok_or_else(|| untrusted(path, "names no file"))?;
+    // Through the checked, symlink-free directory.
+    let real = check_dir_chain(parent, owner)?.join(name);
+    open_in_trusted_dir(&real, owner).map_err(|e| Untrusted {
+        path: path.to_path_buf(),
+        ..e
+    })
 }
 
 /// [`open_trusted`] for a file whose directory chain the caller has just
@@ -191,6 +198,35 @@ mod tests {
 
         // Relative path.
         assert!(read_trusted(Path::new("c.toml"), me()).is_err());
+    }
+
+    #[test]
+    fn a_symlink_in_a_directory_others_may_write_is_no_way_in() {
+        let Some(t) = TempDir::trusted("trust-link") else {
+            eprintln!("skipped: no directory chain owned by this user and not writable by others");
+            return;
+        };
+        let good = t.path().join("good");
+        std::fs::create_dir(&good).unwrap_or_default();
+        let f = good.join("c.toml");
+        std::fs::write(&f, "x").unwrap_or_default();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap_or_default();
+        assert!(read_trusted(&f, me()).is_ok());
+        // Whoever may write `open` may point `open/link` anywhere, at any
+        // time: what it points at now proves nothing.
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap_or_default();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap_or_default();
+        std::os::unix::fs::symlink(&good, open.join("link")).unwrap_or_default();
+        let via = open.join("link/c.toml");
+        assert!(std::fs::read(&via).is_ok());
+        let err = read_trusted(&via, me()).err();
+        assert!(
+            err.as_ref()
+                .is_some_and(|e| e.path == open && e.problem.contains("writable")),
+            "{err:?}"
+        );
+        assert!(check_dir_chain(&open.join("link"), me()).is_err());
     }
 
     #[test]

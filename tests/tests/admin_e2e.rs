@@ -496,6 +496,37 @@ fn trust_refuses_untrusted_or_invalid_existing_files() {
     );
 }
 
+/// A missing config directory below a directory someone else may write
+/// is refused before anything is made there. It was created first (root,
+/// 0755) and its chain checked only after, by path: the other user could
+/// swap the new directory for a symlink in between, and the chown and the
+/// chmod 0755 that follow the mkdir landed on the symlink's target.
+#[test]
+fn trust_creates_nothing_below_a_directory_others_may_write() {
+    let Some(w) = setup("trust-mkdir") else {
+        return;
+    };
+    let theirs = w.sb.user_dir("theirs");
+    let cfg = theirs.join("openape/config.toml");
+    let out = w.trust(
+        &cfg,
+        &[
+            "--idp",
+            "https://id.example.com",
+            "--approvers",
+            "bob@example.com",
+            "--skip-validation",
+        ],
+    );
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("unsafe directory"), "{out}");
+    assert_eq!(
+        leftovers(&theirs, &[]),
+        Vec::<String>::new(),
+        "made in a directory of another user: {out}"
+    );
+}
+
 /// Usage errors (exit 2, nothing written): no flags without a terminal,
 /// a plain-http non-loopback IdP, an approver with a space, an unknown flag.
 #[test]

@@ -1252,9 +1252,113 @@ fn caller_supplied_config_with_their_own_idp_is_refused() {
     assert_eq!(evil.consume_count(&g.grant_id), 0);
 }
 
+/// A config that does not parse tells a caller that it is broken and
+/// where, never what it holds: the file is root's alone (0600), but a type
+/// error quoted the value (`invalid type: string "<approver>"`) and a bad
+/// `[env] keep` or `[request] idp` named it, so any caller of the setuid
+/// binary could read the trust root out of a broken config. Root (and
+/// syslog) still get the whole message.
+#[test]
+fn a_broken_config_shows_a_caller_nothing_of_its_content() {
+    let Some(t) = setup("config-leak") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let good = t.sb.config(&t.idp.issuer());
+    let mut keep = good.clone();
+    keep.tail = "[env]\nkeep = [\"LD_HIDDENVALUE\"]\n".into();
+    let mut idp = good.clone();
+    idp.tail = "[request]\nidp = \"https://hiddenvalue.example.com\"\n".into();
+    let typed = good.render().replace(
+        "allowed_approvers = [",
+        "allowed_approvers = \"hiddenvalue@example.com\"\nx = [",
+    );
+    for text in [typed, keep.render(), idp.render()] {
+        t.sb.write_config(&text);
+        for verify in [false, true] {
+            let mut args: Vec<String> = Vec::new();
+            if verify {
+                args.push("verify".into());
+            }
+            args.extend(["--grant-stdin".to_string(), "--".into()]);
+            args.extend(argv.iter().cloned());
+            let out = t.sb.run_as_user(&args, &[], Some(b"x.y.z"));
+            t.assert_refused_early(&out, 1, "m");
+            assert!(out.stderr.contains("/etc/openape/config.toml"), "{out}");
+            assert!(
+                !out.stderr.to_lowercase().contains("hiddenvalue")
+                    && !out.stdout.to_lowercase().contains("hiddenvalue"),
+                "the config's content reached the caller: {out}"
+            );
+            let out = t.sb.run_as_root(&args, &[], Some(b"x.y.z"));
+            assert_eq!(out.code, 1, "{out}");
+            assert!(
+                out.stderr.contains("HIDDENVALUE") || out.stderr.contains("hiddenvalue"),
+                "{out}"
+            );
+        }
+    }
+    assert!(t.sb.audit_lines().is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // Audit log
 // ---------------------------------------------------------------------------
+
+/// One refused run cannot write megabytes into root's log: the command
+/// line (argv can hold megabytes, six times that once control characters
+/// are escaped) went into the `denied` line whole, some 35 MB per
+/// invocation from any caller, enough to fill /var in a minute and then
+/// refuse every grant for want of room. A line is now at most 64 KiB: the
+/// command is cut, with its full size and the SHA-256 of the whole.
+#[test]
+fn a_refused_command_line_cannot_flood_the_audit_log() {
+    let Some(t) = setup("audit-flood") else {
+        return;
+    };
+    let arg = "\u{1}".repeat(100_000);
+    let mut args = vec!["--grant", "not-a-grant", "--", "/bin/echo"];
+    args.extend(std::iter::repeat_n(arg.as_str(), 12));
+    let out = t.sb.run_as_user(&args, &[], None);
+    assert_eq!(out.code, 5, "{out}");
+    let size = std::fs::metadata(t.sb.audit_path()).unwrap().len();
+    assert!(size <= 64 * 1024, "one refused run wrote {size} bytes");
+    let line = t.sb.last_audit();
+    assert_eq!(line["event"], "denied", "{line}");
+    assert_eq!(line["command_bytes"], 9 + 12 * 100_001, "{line}");
+    let command: Vec<String> = serde_json::from_value(line["command"].clone()).unwrap();
+    assert_eq!(command.first().map(String::as_str), Some("/bin/echo"));
+    let kept = command.get(1).cloned().unwrap_or_default();
+    assert!(!kept.is_empty() && arg.starts_with(&kept), "{line}");
+    let whole: Vec<String> = std::iter::once("/bin/echo".to_string())
+        .chain(std::iter::repeat_n(arg.clone(), 12))
+        .collect();
+    let hash = pam_openape::command::cmd_hash(&whole);
+    assert_eq!(line["cmd_hash"], hash.as_str(), "{line}");
+}
+
+/// A missing JWKS cache directory is made by root on any caller's run,
+/// and was made (with every missing directory above it) before the chain
+/// was checked: below a directory another user may write, that user could
+/// swap a new directory for a symlink and have root make directories
+/// wherever they point. The chain is checked first now; nothing is made.
+#[test]
+fn a_cache_directory_is_not_made_below_a_directory_others_may_write() {
+    let Some(t) = setup("cache-mkdir") else {
+        return;
+    };
+    let theirs = t.sb.user_dir("theirs");
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.cache_dir = theirs.join("cache/jwks");
+    t.sb.write_config(&cfg.render());
+    let argv = t.sb.marker_cmd("m");
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    t.assert_denied(&out, 1, "key", "m");
+    t.assert_not_consumed(&g);
+    let made: Vec<_> = std::fs::read_dir(&theirs).unwrap().collect();
+    assert!(made.is_empty(), "made below the user's directory: {made:?}");
+}
 
 #[test]
 fn missing_audit_directory_runs_nothing_and_consumes_nothing() {

@@ -173,6 +173,85 @@ fn file_size_limits_cannot_stop_or_tear_the_audit_line() {
     }
 }
 
+/// A full file system under the log: a refused line that does not fit
+/// must not be written in part. The part before ENOSPC had no newline, so
+/// the next record (another caller's `grant_run`) was glued onto it and
+/// no longer parsed. A caller who can fill that file system picks the
+/// tear with the length of a refused command line.
+#[test]
+fn a_full_disk_cannot_tear_a_line_into_the_next_record() {
+    let Some(t) = setup("disk-full-tear") else {
+        return;
+    };
+    let log = t.sb.path("log");
+    let Some(_fs) = harness::FullTmpfs::mount(&log) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let fill = log.join("fill");
+    std::fs::remove_file(&fill).unwrap();
+    let argv = vec!["true".to_string()];
+    let g = t.issue(&argv);
+    let out = t.run_after("", &g, &argv);
+    t.assert_ran(&out, &g);
+    let before = std::fs::metadata(t.sb.audit_path()).unwrap().len();
+
+    // The rest of the file system taken (what a user filling a shared
+    // /var does), then a refused command line longer than the room left
+    // in the log's last page.
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).unwrap();
+        while f.write_all(&[b'x'; 4096]).is_ok() {}
+        while f.write_all(b"x").is_ok() {}
+    }
+    let long = "A".repeat(9000);
+    let out = t.sb.run_as_user(
+        &["--grant", "not-a-grant", "--", "/bin/echo", long.as_str()],
+        &[],
+        None,
+    );
+    assert_ne!(out.code, 0, "{out}");
+    assert_eq!(
+        std::fs::metadata(t.sb.audit_path()).unwrap().len(),
+        before,
+        "a line that did not fit was written in part"
+    );
+
+    std::fs::remove_file(&fill).unwrap();
+    let g = t.issue(&argv);
+    let out = t.run_after("", &g, &argv);
+    t.assert_ran(&out, &g); // every line parses, the last is this grant_run
+}
+
+/// Many writers at once, with lines that cross page boundaries: every
+/// line is one whole record, none empty, none interleaved. (A writer that
+/// checked the end of the file while another's line was still being
+/// copied in took it for a torn line and ended it: an empty line.)
+#[test]
+fn concurrent_writers_leave_whole_lines_only() {
+    let Some(t) = setup("audit-concurrent") else {
+        return;
+    };
+    let script = format!(
+        "a=$(printf '%03000d' 0)\nfor j in 1 2 3 4 5 6 7 8; do (for i in $(seq 1 60); do {} --grant x -- /bin/echo $j$a >/dev/null 2>&1; done) & done\nwait",
+        t.sb.escapes().display()
+    );
+    let out = Run::new("/bin/bash")
+        .args(["-c", &script])
+        .cwd(t.sb.root())
+        .config_ns(t.sb.config_ns())
+        .as_test_user()
+        .timeout(Duration::from_secs(120))
+        .output();
+    assert_eq!(out.code, 0, "{out}");
+    let text = t.sb.audit_text();
+    assert_eq!(text.lines().count(), 480, "{}", text.len());
+    assert!(!text.contains("\n\n"), "an empty line");
+    let lines = t.sb.audit_lines(); // panics on a torn line
+    assert!(lines.iter().all(|l| l["event"] == "denied"));
+}
+
 /// Item 6: a tiny descriptor limit cannot make escapes consume a grant it
 /// then cannot log or run.
 #[test]
@@ -435,8 +514,15 @@ fn an_unprivileged_loopback_issuer_needs_an_explicit_yes() {
     let g = t.issue(&argv);
     let out = t.run_after("", &g, &argv);
     assert_eq!(out.code, 1, "{out}");
-    assert!(out.stderr.contains("allow_unprivileged_loopback"), "{out}");
+    assert!(out.stderr.contains("not a valid configuration"), "{out}");
     assert!(!t.sb.marker_exists("m"));
+    assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
+    // The why is for root (the caller sees nothing of the file's content).
+    let mut args = vec!["verify".to_string(), "--grant-stdin".into(), "--".into()];
+    args.extend(argv.iter().cloned());
+    let out = t.sb.run_as_root(&args, &[], Some(g.jwt.as_bytes()));
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("allow_unprivileged_loopback"), "{out}");
     assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
 }
 
