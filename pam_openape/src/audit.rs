@@ -9,9 +9,9 @@
 //! first), and a line someone else left torn (a writer killed inside its
 //! `write(2)`) is ended before the next record, which so stays whole.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -214,29 +214,35 @@ impl AuditLog {
                 ),
             ));
         }
-        let real_dir = trust::check_dir_chain(dir, owner)
-            .map_err(|e| io_err(path, format!("directory {e}")))?;
+        let dir_fd =
+            trust::open_log_dir(dir, owner).map_err(|e| io_err(path, format!("directory {e}")))?;
         let name = path
             .file_name()
             .ok_or_else(|| io_err(path, "names no file"))?;
-        // Through the checked, symlink-free directory: no component can be
-        // swapped between the check and the open.
-        // Readable as well: `append` looks at the last byte (a line torn
-        // by a writer killed mid-write must not swallow the next record).
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK)
-            .open(real_dir.join(name))
-            .map_err(|e| {
-                if e.raw_os_error() == Some(libc::ELOOP) {
-                    io_err(path, "is a symbolic link")
-                } else {
-                    io_err(path, format!("cannot be opened: {e}"))
-                }
-            })?;
+        // Relative to the checked directory's descriptor: no component can
+        // be swapped between the check and the open. Readable as well:
+        // `append` looks at the last byte (a line torn by a writer killed
+        // mid-write must not swallow the next record).
+        let file: File = nix::fcntl::openat(
+            &dir_fd,
+            name,
+            nix::fcntl::OFlag::O_RDWR
+                | nix::fcntl::OFlag::O_APPEND
+                | nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | nix::fcntl::OFlag::O_NOCTTY
+                | nix::fcntl::OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| {
+            if e == nix::errno::Errno::ELOOP {
+                io_err(path, "is a symbolic link")
+            } else {
+                io_err(path, format!("cannot be opened: {e}"))
+            }
+        })?
+        .into();
         let meta = file.metadata().map_err(|e| io_err(path, e))?;
         if !meta.is_file() {
             return Err(io_err(path, "is not a regular file"));
@@ -393,6 +399,7 @@ impl AuditLog {
 mod tests {
     use super::*;
     use crate::testutil::{TempDir, me};
+    use std::fs::OpenOptions;
 
     #[test]
     fn writes_one_parseable_line_per_record_even_with_hostile_text() {

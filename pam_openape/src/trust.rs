@@ -80,6 +80,85 @@ pub fn check_dir_chain(dir: &Path, owner: u32) -> Result<PathBuf, Untrusted> {
     Ok(real)
 }
 
+/// The audit log's directory, opened. As [`check_dir_chain`], except that
+/// the directories above it may be writable by their group, never by
+/// others: Ubuntu's `/var/log` is `root:syslog 0775`, and telling admins
+/// to change that would break the system logger. The log's own directory
+/// must be owned by `owner` and writable by nobody else. It is opened one
+/// component at a time along its real path, each without following a
+/// symlink and checked on its descriptor, and the log is then opened
+/// relative to that descriptor: a member of such a group may rename
+/// directories above it, but at worst the log lands in another directory
+/// that `owner` owns and only `owner` may write. Its records stay out of
+/// their reach; the audit log is no trust root (the config is).
+pub fn open_log_dir(dir: &Path, owner: u32) -> Result<std::os::fd::OwnedFd, Untrusted> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::{Mode, fstat};
+    use std::path::Component;
+    if !dir.is_absolute() {
+        return Err(untrusted(dir, "is not an absolute path"));
+    }
+    let check = |d: &Path, uid: u32, mode: u32, last: bool| {
+        let writable = if last { 0o022 } else { 0o002 };
+        if uid != owner {
+            Err(untrusted(
+                d,
+                format!("is owned by uid {uid}, must be owned by uid {owner}"),
+            ))
+        } else if mode & writable != 0 {
+            Err(untrusted(
+                d,
+                format!(
+                    "is writable by {} (mode {:o}); run: chmod {} {}",
+                    if last { "group or others" } else { "others" },
+                    mode & 0o7777,
+                    if last { "go-w" } else { "o-w" },
+                    d.display()
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    // As named: a symlink on the way lives in one of these directories.
+    for d in dir.ancestors() {
+        let m =
+            std::fs::metadata(d).map_err(|e| untrusted(d, format!("cannot be examined: {e}")))?;
+        if !m.is_dir() {
+            return Err(untrusted(d, "is not a directory"));
+        }
+        check(d, m.uid(), m.mode(), d == dir)?;
+    }
+    let real = std::fs::canonicalize(dir)
+        .map_err(|e| untrusted(dir, format!("cannot be resolved: {e}")))?;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut walked = PathBuf::from("/");
+    let mut fd = open("/", flags, Mode::empty())
+        .map_err(|e| untrusted(&walked, format!("cannot be opened: {e}")))?;
+    let parts: Vec<_> = real
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    for i in 0..=parts.len() {
+        let st = fstat(&fd).map_err(|e| untrusted(&walked, format!("cannot be examined: {e}")))?;
+        check(&walked, st.st_uid, st.st_mode, i == parts.len())?;
+        let Some(next) = parts.get(i) else {
+            break;
+        };
+        walked.push(next);
+        fd = openat(&fd, *next, flags, Mode::empty()).map_err(|e| {
+            untrusted(
+                &walked,
+                format!("cannot be opened as a directory (no symlinks): {e}"),
+            )
+        })?;
+    }
+    Ok(fd)
+}
+
 /// Open a trusted regular file for reading: no symlink as the last
 /// component, owner and mode checked on the open descriptor (no race
 /// between check and read), every parent directory checked too.

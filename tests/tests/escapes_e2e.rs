@@ -1376,6 +1376,56 @@ fn missing_audit_directory_runs_nothing_and_consumes_nothing() {
     t.assert_not_consumed(&g);
 }
 
+/// The directories above the log's own may be writable by their group
+/// (Ubuntu's `/var/log` is `root:syslog 0775`), never by others; the log's
+/// own directory by root only.
+#[test]
+fn audit_directories_above_the_logs_may_be_group_writable_only() {
+    let Some(t) = setup("audit-group") else {
+        return;
+    };
+    let make = |rel: &str, mode: u32| {
+        let p = t.sb.path(rel);
+        std::fs::create_dir(&p).unwrap();
+        set_owner_mode(&p, 0, t.user.extra_gid, mode);
+        p
+    };
+    let upper = make("varlog", 0o775);
+    let own = make("varlog/openape", 0o750);
+    let group_own = make("varlog/grouped", 0o770);
+    let open = make("tmp", 0o1777);
+    let below_open = make("tmp/openape", 0o750);
+    let run_with = |log: &std::path::Path| {
+        let mut cfg = t.sb.config(&t.idp.issuer());
+        cfg.audit_log = log.to_path_buf();
+        t.sb.write_config(&cfg.render());
+        let argv = t.sb.marker_cmd("m");
+        let g = t.issue(&argv);
+        (t.run(&g.jwt, &[], &argv), g)
+    };
+    // Group-writable above, root's alone below: used.
+    let (out, _) = run_with(&own.join("audit.log"));
+    assert_eq!(out.code, 0, "{out}");
+    let text = std::fs::read_to_string(own.join("audit.log")).unwrap();
+    assert!(text.contains("\"grant_run\""), "{text}");
+    assert!(t.sb.marker_exists("m"));
+    std::fs::remove_file(t.sb.path("marker-m")).unwrap();
+    // The log's own directory group-writable, or a world-writable one
+    // above: refused before anything is used.
+    for (dir, says) in [
+        (&group_own, "writable by group or others"),
+        (&below_open, "writable by others"),
+    ] {
+        let (out, g) = run_with(&dir.join("audit.log"));
+        assert_eq!(out.code, 1, "{out}");
+        assert!(!t.sb.marker_exists("m"), "the command ran: {out}");
+        assert!(out.stderr.contains(says), "{out}");
+        t.assert_not_consumed(&g);
+        assert!(!dir.join("audit.log").exists());
+    }
+    let _ = (upper, open);
+}
+
 #[test]
 fn symlinked_audit_log_runs_nothing_and_consumes_nothing() {
     let Some(t) = setup("audit-symlink") else {
