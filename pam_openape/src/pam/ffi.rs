@@ -86,3 +86,80 @@ pub fn pending_interrupt() -> Option<c_int> {
             .find(|&sig| libc::sigismember(&set, sig) == 1)
     }
 }
+
+/// From just before a grant is consumed until its audit line is written,
+/// the host must not die of anything its caller arranged. sudo-rs and su
+/// run the PAM stack with the caller's real uid (so the caller may signal
+/// them) and keep the caller's interval timers, CPU limit and signal
+/// dispositions: a SIGALRM from an `ITIMER_REAL` armed before exec, a
+/// SIGTERM sent by hand, a SIGXCPU or the hard CPU limit's SIGKILL all
+/// killed the host after the IdP had consumed the grant and before any
+/// line was written. While this value lives, every signal that can be
+/// held is held (those the kernel raises for a fault are left alone; a
+/// fault there is a crash either way), and the CPU limit is lifted where
+/// the process may. Dropping it restores both; whatever arrived meanwhile
+/// is delivered then, after the line. Only SIGKILL and SIGSTOP, which
+/// nobody can hold, still reach the host in between.
+pub struct Critical {
+    old_mask: Option<libc::sigset_t>,
+    cpu: Option<libc::rlimit>,
+}
+
+impl Critical {
+    pub fn enter() -> Critical {
+        // SAFETY: sigset operations on locals of this frame;
+        // pthread_sigmask changes only this thread's mask and keeps the old
+        // one, which Drop puts back; getrlimit/setrlimit read and write one
+        // rlimit on this frame.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            for sig in [
+                libc::SIGSEGV,
+                libc::SIGBUS,
+                libc::SIGFPE,
+                libc::SIGILL,
+                libc::SIGTRAP,
+                libc::SIGSYS,
+            ] {
+                libc::sigdelset(&mut all, sig);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            let old_mask =
+                (libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0).then_some(old);
+            let mut cpu: libc::rlimit = std::mem::zeroed();
+            let cpu = (libc::getrlimit(libc::RLIMIT_CPU, &mut cpu) == 0
+                && cpu.rlim_cur != libc::RLIM_INFINITY)
+                .then(|| {
+                    let lifted = libc::rlimit {
+                        rlim_cur: libc::RLIM_INFINITY,
+                        rlim_max: libc::RLIM_INFINITY,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_CPU, &lifted) != 0 {
+                        let soft_to_hard = libc::rlimit {
+                            rlim_cur: cpu.rlim_max,
+                            rlim_max: cpu.rlim_max,
+                        };
+                        libc::setrlimit(libc::RLIMIT_CPU, &soft_to_hard);
+                    }
+                    cpu
+                });
+            Critical { old_mask, cpu }
+        }
+    }
+}
+
+impl Drop for Critical {
+    fn drop(&mut self) {
+        // SAFETY: puts back the limit and the mask saved by `enter` (values
+        // on this struct, read by the calls only).
+        unsafe {
+            if let Some(cpu) = self.cpu.take() {
+                libc::setrlimit(libc::RLIMIT_CPU, &cpu);
+            }
+            if let Some(old) = self.old_mask.take() {
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            }
+        }
+    }
+}

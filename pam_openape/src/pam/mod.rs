@@ -386,6 +386,8 @@ fn accept(
     };
     let mut rec = base_record(&cfg, service, "denied");
     rec.token_fp = Some(fingerprint(token));
+    // Held from just before the consume until its line is written.
+    let mut critical: Option<ffi::Critical> = None;
 
     let result = (|| -> Result<(verify::Approved, String, Option<Vec<String>>), Denial> {
         let caller = caller(pamh)?;
@@ -429,6 +431,7 @@ fn accept(
             target_host: Some(c.target_host.clone()),
             ..rec.clone()
         })?;
+        critical = Some(ffi::Critical::enter());
         let approved = verify::consume(verified, token, &cfg, &client, now_unix())?;
         Ok((approved, target, argv))
     })();
@@ -448,7 +451,9 @@ fn accept(
                 target_host: Some(c.target_host.clone()),
                 ..rec
             };
-            if let Err(e) = audit.append(&ok) {
+            let logged = audit.append(&ok);
+            drop(critical);
+            if let Err(e) = logged {
                 ffi::syslog(pamh, libc::LOG_ERR, &format!("refusing: {}", e.reason));
                 return PamResultCode::PAM_SERVICE_ERR;
             }
@@ -475,7 +480,13 @@ fn accept(
             PamResultCode::PAM_SUCCESS
         }
         Ok(_) => PamResultCode::PAM_AUTH_ERR,
-        Err(d) => refuse(pamh, &audit, rec, flags, &d),
+        Err(d) => {
+            // A refusal after the consume was tried is logged before the
+            // host may be stopped (the message to the user goes out too).
+            let code = refuse(pamh, &audit, rec, flags, &d);
+            drop(critical);
+            code
+        }
     }
 }
 

@@ -1,0 +1,151 @@
+//! pam_openape.so under hostile process state chosen by the caller of
+//! sudo 1.9, sudo-rs and util-linux su (the PAM counterpart of
+//! `process_state.rs`). The hosts run the PAM stack with the caller's real
+//! uid (measured: `Uid: 1001 0 0 0` in /proc/PID/status during the
+//! consume, all three), so the caller may signal them at any moment, and
+//! they keep the caller's interval timers, limits and signal dispositions.
+//! Each scenario runs the real program as the test user in a private mount
+//! namespace (`openape_tests::sudo_ns`); `state-exec` sets up the state and
+//! execs the host.
+//!
+//! Needs root; otherwise each test prints the skip notice and passes. Run
+//! after `cargo build --workspace` (and `scripts/sudo-rs.sh` for sudo-rs).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use openape_tests::against_both_sudos;
+use openape_tests::harness::{TEST_USER, artefact};
+use openape_tests::idp::{Fault, GrantSpec, TestIdp};
+use openape_tests::sudo_ns::{GRANT_OR_DENY_STACK, PamSandbox, SudoImpl, require_root};
+use serde_json::Value;
+
+/// Debian's `su-l` stack: everything from `su`.
+const SU_L: &str = "auth include su\naccount include su\nsession include su\n";
+
+/// Which host a scenario runs.
+#[derive(Clone, Copy, Debug)]
+enum Host {
+    Sudo(SudoImpl),
+    Su,
+}
+
+impl Host {
+    /// The granted argv and the host's command line for it.
+    fn command(self) -> (Vec<&'static str>, Vec<&'static str>) {
+        match self {
+            Host::Sudo(_) => (vec!["id", "-u"], vec!["sudo", "id", "-u"]),
+            Host::Su => (vec!["id -u"], vec!["su", "-", "-c", "id -u", "root"]),
+        }
+    }
+}
+
+/// A sandbox whose sudo and su stacks accept a grant or deny, with
+/// `[http] timeout` of `timeout` seconds and `state-exec` at
+/// `<root>/bin/state-exec`.
+fn sandbox(name: &str, idp: &TestIdp, host: Host, timeout: u32, sudoers: &str) -> PamSandbox {
+    let mut ps = PamSandbox::new(name, &idp.issuer());
+    ps.write_pam("sudo", GRANT_OR_DENY_STACK);
+    ps.write_pam("su", GRANT_OR_DENY_STACK);
+    ps.write_pam("su-l", SU_L);
+    ps.write_sudoers(&format!(
+        "Defaults !lecture\nDefaults timestamp_timeout=0\n{sudoers}{TEST_USER} ALL=(ALL:ALL) ALL\n"
+    ));
+    if let Host::Sudo(imp) = host {
+        ps.use_sudo(imp);
+    }
+    let mut c = ps.sb.config(&idp.issuer());
+    c.http_timeout = timeout;
+    ps.sb.write_config(&c.render());
+    let bin = std::fs::read(artefact("state-exec")).unwrap();
+    ps.sb.write_file("bin/state-exec", &bin, 0, 0, 0o755);
+    ps
+}
+
+fn state_exec(ps: &PamSandbox) -> String {
+    ps.sb.path("bin/state-exec").to_string_lossy().into_owned()
+}
+
+/// Between the consume and the audit line. The consume answer is written
+/// one byte every 40 ms (about 5 s; the IdP has consumed the grant before
+/// the first byte), and the caller's SIGALRM (an ITIMER_REAL armed before
+/// exec), SIGTERM (sent by the caller), SIGVTALRM or SIGPROF (CPU timers)
+/// arrives in that window. sudo-rs and su died of it with the grant spent
+/// and no line at all (exit 142/143, consume count 1, empty log). The
+/// module now holds those signals from the consume until the line is
+/// written: the grant_run line is there, and the host may die only after.
+fn consume_window(host: Host) {
+    let idp = TestIdp::start();
+    let label = match host {
+        Host::Sudo(imp) => imp.label(),
+        Host::Su => "su".into(),
+    };
+    let ps = sandbox("pam-consume-window", &idp, host, 20, "");
+    let (argv, cmd) = host.command();
+    let quoted: Vec<String> = cmd
+        .iter()
+        .map(|a| openape_tests::sudo_ns::shell_quote(a))
+        .collect();
+    let cmd_line = quoted.join(" ");
+    let se = state_exec(&ps);
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "ITIMER_REAL",
+            format!("exec {se} --itimer real 2000 -- {cmd_line}"),
+        ),
+        (
+            "SIGTERM from the caller",
+            format!("{cmd_line} & p=$!; sleep 2; kill -TERM $p; wait $p"),
+        ),
+        (
+            "SIGHUP from the caller",
+            format!("{cmd_line} & p=$!; sleep 2; kill -HUP $p; wait $p"),
+        ),
+    ];
+    for (what, script) in cases {
+        let g = idp.issue(&GrantSpec::new("testhost", &argv));
+        idp.set_fault_for(
+            &format!("/api/grants/{}/consume", g.grant_id),
+            Fault::Dribble(Duration::from_millis(40)),
+        );
+        let before = ps.audit().len();
+        let out = ps.run_for(
+            &["/bin/sh", "-c", &script],
+            &[("OPENAPE_GRANT", &g.jwt)],
+            None,
+            Duration::from_secs(40),
+        );
+        assert_eq!(
+            idp.consume_count(&g.grant_id),
+            1,
+            "{label}, {what}: the signal came before the consume; the scenario did not reach its window: {out}"
+        );
+        let lines: Vec<Value> = ps.audit().split_off(before);
+        let runs = lines
+            .iter()
+            .filter(|l| l["event"] == "grant_run" && l["grant_id"] == g.grant_id.as_str())
+            .count();
+        assert_eq!(
+            runs, 1,
+            "{label}, {what}: a consumed grant without its grant_run line (exit {}): {lines:?}\n{out}",
+            out.code
+        );
+        // Ran (the host caught the signal) or died after the line; never
+        // anything else.
+        assert!(out.stdout.is_empty() || out.stdout == "0\n", "{out}");
+    }
+}
+
+against_both_sudos!(consume_window_sudo);
+
+fn consume_window_sudo(imp: SudoImpl) {
+    consume_window(Host::Sudo(imp));
+}
+
+#[test]
+fn consume_window_su() {
+    if require_root() {
+        consume_window(Host::Su);
+    }
+}
