@@ -103,7 +103,19 @@ pub struct Record {
     /// First 8 hex digits of SHA-256 of the token, for correlation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_fp: Option<String>,
+    /// `torn_line` records only: the start of the cut-off line they
+    /// replace, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fragment: Option<String>,
 }
+
+/// How long [`AuditLog::append`] waits for the log's lock before it writes
+/// without it (a writer its caller stopped with SIGSTOP holds it).
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How far back the start of a cut-off line is looked for.
+const MAX_FRAGMENT_SCAN: u64 = 64 * 1024 * 1024;
+/// How much of a cut-off line its `torn_line` record keeps.
+const FRAGMENT_KEPT: usize = 512;
 
 /// An open audit log.
 pub struct AuditLog {
@@ -144,6 +156,7 @@ impl AuditLog {
         // Through the checked, symlink-free directory: no component can be
         // swapped between the check and the open.
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
@@ -224,6 +237,15 @@ impl AuditLog {
     }
 
     /// Append one record as one line with a single `write(2)`.
+    ///
+    /// The write happens under an exclusive `flock` of the log (waiting at
+    /// most [`LOCK_PATIENCE`], then without it), after a look at the end of
+    /// the file: a process killed while writing (sudo and su run the PAM
+    /// stack with their caller's real uid, so the caller may SIGKILL them
+    /// mid-write; a write that spans pages is then cut between two of
+    /// them) leaves a line without its newline. That fragment is replaced
+    /// by a `torn_line` record before the new line goes in, so a cut-off
+    /// line never stays in the log and no line is glued to one.
     pub fn append(&self, record: &Record) -> Result<(), Denial> {
         let mut line = serde_json::to_vec(record).map_err(|e| io_err(&self.path, e))?;
         line.push(b'\n');
@@ -231,6 +253,8 @@ impl AuditLog {
         // log would no longer parse): lift it for this write where the
         // process may, and refuse to write a line that would not fit.
         let _lift = FileSizeLimit::lift();
+        let _lock = self.lock();
+        self.repair_tail(record);
         let end = self
             .file
             .metadata()
@@ -253,6 +277,105 @@ impl AuditLog {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The log's exclusive lock, or `None` after [`LOCK_PATIENCE`] (or
+    /// when no descriptor is left for it): the write then goes ahead
+    /// without it, as one `O_APPEND` write.
+    fn lock(&self) -> Option<nix::fcntl::Flock<File>> {
+        use nix::fcntl::{Flock, FlockArg};
+        // The lock belongs to the open file description, which the clone
+        // shares; dropping the guard unlocks it.
+        let mut file = self.file.try_clone().ok()?;
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => return Some(locked),
+                Err((f, _)) if std::time::Instant::now() < deadline => {
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// If the log does not end with a newline, a writer died in the middle
+    /// of its line: cut the fragment off (or, where the file cannot be
+    /// shortened, e.g. `chattr +a`, end it with a newline) and put a
+    /// `torn_line` record in its place. Best effort: the new line is
+    /// written whatever happens here.
+    fn repair_tail(&self, writer: &Record) {
+        use std::os::unix::fs::FileExt;
+        let Ok(len) = self.file.metadata().map(|m| m.len()) else {
+            return;
+        };
+        let mut last = [0u8; 1];
+        if len == 0 || self.file.read_exact_at(&mut last, len - 1).is_err() || last == [b'\n'] {
+            return;
+        }
+        // Where the cut-off line starts: after the last newline before it.
+        let mut start = None;
+        let mut pos = len;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while pos > 0 && len - pos < MAX_FRAGMENT_SCAN {
+            let n = usize::try_from(pos.min(chunk.len() as u64)).unwrap_or(0);
+            let from = pos - n as u64;
+            let Some(buf) = chunk.get_mut(..n) else {
+                return;
+            };
+            if self.file.read_exact_at(buf, from).is_err() {
+                return;
+            }
+            if let Some(i) = buf.iter().rposition(|b| *b == b'\n') {
+                start = Some(from + i as u64 + 1);
+                break;
+            }
+            pos = from;
+            if pos == 0 {
+                start = Some(0);
+            }
+        }
+        let mut head = vec![0u8; FRAGMENT_KEPT];
+        let kept = start
+            .and_then(|s| {
+                let n = usize::try_from((len - s).min(FRAGMENT_KEPT as u64)).ok()?;
+                let buf = head.get_mut(..n)?;
+                self.file.read_exact_at(buf, s).ok()?;
+                Some(String::from_utf8_lossy(buf).into_owned())
+            })
+            .unwrap_or_default();
+        let cut = start.is_some_and(|s| self.file.set_len(s).is_ok());
+        let note = Record {
+            ts: writer.ts.clone(),
+            event: "torn_line",
+            via: writer.via.clone(),
+            real_uid: writer.real_uid,
+            user: writer.user.clone(),
+            host: writer.host.clone(),
+            reason: Some(format!(
+                "the line before this one was cut off ({}; its writer died while writing it){}",
+                match start {
+                    Some(s) => format!("{} bytes", len - s),
+                    None => "longer than the scan".to_string(),
+                },
+                if cut {
+                    "; it was removed, its start is kept in fragment"
+                } else {
+                    "; it could not be removed and stays above this line"
+                }
+            )),
+            fragment: Some(kept),
+            ..Record::default()
+        };
+        let Ok(mut text) = serde_json::to_vec(&note) else {
+            return;
+        };
+        text.push(b'\n');
+        if !cut {
+            text.insert(0, b'\n');
+        }
+        let _ = (&self.file).write(&text);
     }
 }
 
@@ -295,6 +418,61 @@ mod tests {
         }
         let mode = std::fs::metadata(&p).map(|m| m.mode() & 0o777).unwrap_or(0);
         assert_eq!(mode, 0o600);
+    }
+
+    /// A writer killed in the middle of its line leaves a fragment without
+    /// a newline; the next append replaces it with a `torn_line` record
+    /// (keeping its start) instead of gluing its own line to it.
+    #[test]
+    fn a_cut_off_line_is_replaced_before_the_next_one() {
+        let Some(t) = TempDir::trusted("audit-torn") else {
+            eprintln!("skipped: no trusted temp directory for this user");
+            return;
+        };
+        let p = t.path().join("audit.log");
+        let log = AuditLog::open(&p, me());
+        assert!(log.is_ok(), "{:?}", log.err());
+        let Ok(log) = log else { return };
+        let rec = |event| Record {
+            ts: crate::time::rfc3339_utc(0),
+            event,
+            via: "escapes".into(),
+            command: vec!["echo".into(), "x".repeat(100_000)],
+            ..Record::default()
+        };
+        assert!(log.append(&rec("denied")).is_ok());
+        // What a killed writer leaves: the start of a line, no newline.
+        let fragment = br#"{"ts":"1970-01-01T00:00:00Z","event":"grant_run","command":["ec"#;
+        assert!((&log.file).write_all(fragment).is_ok());
+        assert!(log.append(&rec("grant_run")).is_ok());
+        // And one cut off just after its first bytes.
+        assert!((&log.file).write_all(b"{\"ts").is_ok());
+        assert!(log.append(&rec("denied")).is_ok());
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_default())
+            .collect();
+        let events: Vec<&str> = parsed
+            .iter()
+            .map(|v| v["event"].as_str().unwrap_or("not JSON"))
+            .collect();
+        assert_eq!(
+            events,
+            ["denied", "torn_line", "grant_run", "torn_line", "denied"]
+        );
+        let torn: serde_json::Value =
+            serde_json::from_str(text.lines().nth(1).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(
+            torn["fragment"].as_str(),
+            std::str::from_utf8(fragment).ok()
+        );
+        assert!(
+            torn["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("{} bytes", fragment.len()))),
+            "{torn}"
+        );
     }
 
     #[test]
