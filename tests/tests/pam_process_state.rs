@@ -216,3 +216,92 @@ OPENAPE_GRANT=not-a-token sudo echo last >/dev/null 2>&1 || true
         "no denied line: {out}"
     );
 }
+
+/// The request stack of the link scenario: ask for a grant, else deny.
+const REQUEST_OR_DENY: &str = "\
+#%PAM-1.0
+auth     sufficient @SO@ config=@CFG@ request nonint
+auth     required   pam_deny.so
+account  required   pam_permit.so
+session  required   pam_permit.so
+";
+
+/// A controlling terminal behind redirected stdio. Request mode shows the
+/// approval link as PAM_TEXT_INFO when there is a terminal; su (its
+/// libpam_misc conversation) prints that on its stdout whatever the
+/// terminal, so `su - -c 'id -u' root > file` typed at a terminal wrote
+/// "Approve at: URL" and the waiting line into the command's output file.
+/// The link now goes out as an error message (stderr) unless stdout is the
+/// terminal. sudo 1.9 and sudo-rs show both styles on the terminal: the
+/// controls.
+fn approval_link_and_redirected_stdout(host: Host) {
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: /usr/bin/script (util-linux) is missing");
+        return;
+    }
+    let idp = TestIdp::start();
+    let mut ps = PamSandbox::new("pam-link-stdout", &idp.issuer());
+    if let Host::Sudo(imp) = host {
+        ps.use_sudo(imp);
+    }
+    let home = ps.with_user_home();
+    let mut cfg = ps.sb.config(&idp.issuer());
+    cfg.tail = "[request]\ntimeout = 15\n".into();
+    ps.sb.write_config(&cfg.render());
+    ps.write_pam("sudo", REQUEST_OR_DENY);
+    ps.write_pam("su", REQUEST_OR_DENY);
+    ps.write_pam("su-l", SU_L);
+    ps.write_sudoers(&format!(
+        "Defaults !lecture, timestamp_timeout=0, passwd_tries=1\n{TEST_USER} ALL=(ALL:ALL) ALL\n"
+    ));
+    idp.enrol_agent_key(
+        &home,
+        openape_tests::harness::test_user(),
+        "agent@example.com",
+        None,
+    );
+    let (_, cmd) = host.command();
+    let quoted: Vec<String> = cmd
+        .iter()
+        .map(|a| openape_tests::sudo_ns::shell_quote(a))
+        .collect();
+    let file = ps.out_path("command-stdout");
+    // script(1) gives the host a terminal; its stdout goes to a file.
+    let inner = format!("{} > {}", quoted.join(" "), file.display());
+    let script = format!(
+        "script -qec {} /dev/null",
+        openape_tests::sudo_ns::shell_quote(&inner)
+    );
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(|| ps.run(&["/bin/sh", "-c", &script], &[], None));
+        let id = idp.wait_for_pending(Duration::from_secs(15));
+        if let Some(id) = &id {
+            assert!(idp.approve(id, openape_tests::harness::APPROVER));
+        }
+        let out = h.join().unwrap();
+        assert!(id.is_some(), "no request reached the IdP: {out}");
+        out
+    });
+    let written = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(
+        written, "0\n",
+        "{host:?}: the command's stdout holds more than its output: {out}"
+    );
+    assert!(
+        out.stdout.contains("Approve at: "),
+        "{host:?}: the link did not reach the terminal: {out}"
+    );
+}
+
+against_both_sudos!(approval_link_and_redirected_stdout_sudo);
+
+fn approval_link_and_redirected_stdout_sudo(imp: SudoImpl) {
+    approval_link_and_redirected_stdout(Host::Sudo(imp));
+}
+
+#[test]
+fn approval_link_and_redirected_stdout_su() {
+    if require_root() {
+        approval_link_and_redirected_stdout(Host::Su);
+    }
+}
