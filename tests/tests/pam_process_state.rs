@@ -70,11 +70,13 @@ fn state_exec(ps: &PamSandbox) -> String {
 /// Between the consume and the audit line. The consume answer is written
 /// one byte every 40 ms (about 5 s; the IdP has consumed the grant before
 /// the first byte), and the caller's SIGALRM (an ITIMER_REAL armed before
-/// exec), SIGTERM (sent by the caller), SIGVTALRM or SIGPROF (CPU timers)
-/// arrives in that window. sudo-rs and su died of it with the grant spent
-/// and no line at all (exit 142/143, consume count 1, empty log). The
-/// module now holds those signals from the consume until the line is
-/// written: the grant_run line is there, and the host may die only after.
+/// exec), SIGTERM, SIGHUP or SIGKILL (sent by the caller) arrives in that
+/// window. sudo-rs and su died of the first three, all three hosts of
+/// SIGKILL, with the grant spent and no line at all (exit 142/143/137,
+/// consume count 1, empty log). The module now holds the signals and makes
+/// the real and saved uid root from the consume until the line is written
+/// (the caller's kill then fails with EPERM): the grant_run line is there,
+/// and the host may die of a held signal only after it.
 fn consume_window(host: Host) {
     let idp = TestIdp::start();
     let label = match host {
@@ -101,6 +103,10 @@ fn consume_window(host: Host) {
         (
             "SIGHUP from the caller",
             format!("{cmd_line} & p=$!; sleep 2; kill -HUP $p; wait $p"),
+        ),
+        (
+            "SIGKILL from the caller",
+            format!("{cmd_line} & p=$!; sleep 2; kill -KILL $p; wait $p"),
         ),
     ];
     for (what, script) in cases {
@@ -157,7 +163,8 @@ fn consume_window_su() {
 /// its newline, and the next line was glued to it. No grant is needed
 /// (any token refused at parse). Measured before the fix: 16 of 82 lines
 /// unparseable after 100 kills. Now every writer takes the log's lock and
-/// replaces a fragment it finds with a `torn_line` record.
+/// replaces a fragment it finds with a `torn_line` record, and the module
+/// writes its lines where the caller may not signal it (its kills fail).
 #[test]
 fn a_caller_killing_sudo_mid_line_leaves_no_torn_line() {
     if !require_root() {

@@ -87,22 +87,32 @@ pub fn pending_interrupt() -> Option<c_int> {
     }
 }
 
-/// From just before a grant is consumed until its audit line is written,
-/// the host must not die of anything its caller arranged. sudo-rs and su
-/// run the PAM stack with the caller's real uid (so the caller may signal
-/// them) and keep the caller's interval timers, CPU limit and signal
-/// dispositions: a SIGALRM from an `ITIMER_REAL` armed before exec, a
-/// SIGTERM sent by hand, a SIGXCPU or the hard CPU limit's SIGKILL all
-/// killed the host after the IdP had consumed the grant and before any
-/// line was written. While this value lives, every signal that can be
-/// held is held (those the kernel raises for a fault are left alone; a
-/// fault there is a crash either way), and the CPU limit is lifted where
-/// the process may. Dropping it restores both; whatever arrived meanwhile
-/// is delivered then, after the line. Only SIGKILL and SIGSTOP, which
-/// nobody can hold, still reach the host in between.
+/// From just before a grant is consumed until its audit line is written
+/// (and around every other audit line of the module), the host must not
+/// die or stop of anything its caller arranged. sudo 1.9, sudo-rs and su
+/// run the PAM stack with the caller's real uid, so the caller may send
+/// them any signal, SIGKILL and SIGSTOP included, and they keep the
+/// caller's interval timers, CPU limit and signal dispositions: a SIGALRM
+/// from an `ITIMER_REAL` armed before exec, a SIGTERM or SIGKILL sent by
+/// hand, a SIGXCPU or the hard CPU limit's SIGKILL all killed the host
+/// after the IdP had consumed the grant and before any line was written,
+/// and a SIGKILL in the middle of a long line cut it.
+///
+/// While this value lives: the real and saved uid are root as well (where
+/// the effective uid is root), so the caller's processes may not signal
+/// this one at all (kill(2) needs the sender's uid to match the target's
+/// real or saved uid); every signal that can be held is held, for those
+/// that need no permission (a terminal's SIGINT, SIGQUIT, SIGTSTP, SIGHUP;
+/// the timers' SIGALRM, SIGVTALRM, SIGPROF); the kernel's own fault signals
+/// are left alone (a fault there is a crash either way); and the CPU limit
+/// is lifted where the process may. Dropping it puts back the ids, the
+/// limit and the mask; whatever arrived meanwhile is delivered then, after
+/// the line.
 pub struct Critical {
     old_mask: Option<libc::sigset_t>,
     cpu: Option<libc::rlimit>,
+    /// Real, effective and saved uid before the switch to root.
+    ids: Option<(libc::uid_t, libc::uid_t, libc::uid_t)>,
 }
 
 impl Critical {
@@ -110,7 +120,9 @@ impl Critical {
         // SAFETY: sigset operations on locals of this frame;
         // pthread_sigmask changes only this thread's mask and keeps the old
         // one, which Drop puts back; getrlimit/setrlimit read and write one
-        // rlimit on this frame.
+        // rlimit on this frame; getresuid writes three locals, and
+        // setresuid(0, 0, 0) is only called with the effective uid root
+        // (the ids are put back by Drop, which keeps them).
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigfillset(&mut all);
@@ -144,16 +156,26 @@ impl Critical {
                     }
                     cpu
                 });
-            Critical { old_mask, cpu }
+            let (mut r, mut e, mut su) = (0, 0, 0);
+            let ids = (libc::getresuid(&mut r, &mut e, &mut su) == 0
+                && e == 0
+                && (r != 0 || su != 0)
+                && libc::setresuid(0, 0, 0) == 0)
+                .then_some((r, e, su));
+            Critical { old_mask, cpu, ids }
         }
     }
 }
 
 impl Drop for Critical {
     fn drop(&mut self) {
-        // SAFETY: puts back the limit and the mask saved by `enter` (values
-        // on this struct, read by the calls only).
+        // SAFETY: puts back the ids, the limit and the mask saved by
+        // `enter` (values on this struct, read by the calls only); the
+        // effective uid is root throughout, so setresuid may restore them.
         unsafe {
+            if let Some((r, e, su)) = self.ids.take() {
+                libc::setresuid(r, e, su);
+            }
             if let Some(cpu) = self.cpu.take() {
                 libc::setrlimit(libc::RLIMIT_CPU, &cpu);
             }

@@ -111,6 +111,14 @@ fn service(pamh: &PamHandle) -> String {
     item::<pam::items::Service>(pamh, |s| s.0).unwrap_or_default()
 }
 
+/// Append one audit line where the caller can neither signal nor stop the
+/// host while it is written (see [`ffi::Critical`]): a SIGKILL in the
+/// middle of a long line would cut it.
+fn append_held(audit: &AuditLog, rec: &Record) -> Result<(), Denial> {
+    let _held = ffi::Critical::enter();
+    audit.append(rec)
+}
+
 /// Load the configuration (with the `audience=` override) and open the log.
 fn load(pamh: &PamHandle, args: &Args) -> Result<(Config, AuditLog), PamResultCode> {
     let mut cfg = Config::load(&args.config, ROOT).map_err(|e| {
@@ -504,7 +512,7 @@ fn refuse(
         reason: Some(d.reason.clone()),
         ..rec
     };
-    if let Err(e) = audit.append(&line) {
+    if let Err(e) = append_held(audit, &line) {
         ffi::syslog(pamh, libc::LOG_ERR, &e.reason);
     }
     ffi::syslog(
@@ -583,7 +591,7 @@ fn account(pamh: &mut PamHandle, raw: &[&CStr]) -> PamResultCode {
                     reason: Some(reason.clone()),
                     ..base_record(&cfg, &service, "denied")
                 };
-                let _ = audit.append(&line);
+                let _ = append_held(&audit, &line);
             }
             ffi::syslog(
                 pamh,
@@ -618,7 +626,7 @@ fn session(pamh: &mut PamHandle, raw: &[&CStr], event: &'static str) -> PamResul
                 grant_id: Some(grant_id),
                 ..base_record(&cfg, &service, event)
             };
-            match audit.append(&line) {
+            match append_held(&audit, &line) {
                 Ok(()) => PamResultCode::PAM_SUCCESS,
                 Err(e) => {
                     ffi::syslog(pamh, libc::LOG_ERR, &e.reason);

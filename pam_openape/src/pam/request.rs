@@ -17,7 +17,7 @@ use pam::constants::{PAM_ERROR_MSG, PAM_SILENT, PAM_TEXT_INFO, PamFlag, PamResul
 use pam::module::PamHandle;
 
 use super::args::Args;
-use super::{base_record, caller, ffi, load, refuse, what_is_authorised};
+use super::{append_held, base_record, caller, ffi, load, refuse, what_is_authorised};
 use crate::audit::Record;
 use crate::error::{Denial, Kind, Step};
 use crate::http::Client;
@@ -206,7 +206,7 @@ pub fn grant(
                     reason: None,
                     ..rec.clone()
                 };
-                if let Err(e) = audit.append(&line) {
+                if let Err(e) = append_held(&audit, &line) {
                     child.cancel();
                     let _ = child.next(cfg.http_timeout + Duration::from_secs(1));
                     child.finish(Duration::ZERO);
