@@ -172,9 +172,13 @@ impl Drop for Critical {
         // SAFETY: puts back the ids, the limit and the mask saved by
         // `enter` (values on this struct, read by the calls only); the
         // effective uid is root throughout, so setresuid may restore them.
+        // Should that ever fail, the host would go on with a real uid of
+        // root it never had: end it at once instead (nothing runs).
         unsafe {
-            if let Some((r, e, su)) = self.ids.take() {
-                libc::setresuid(r, e, su);
+            if let Some((r, e, su)) = self.ids.take()
+                && libc::setresuid(r, e, su) != 0
+            {
+                libc::_exit(1);
             }
             if let Some(cpu) = self.cpu.take() {
                 libc::setrlimit(libc::RLIMIT_CPU, &cpu);
