@@ -19,6 +19,8 @@ have_cmd gcc          || need+=(gcc)
 have_cmd make         || need+=(make)
 have_cmd tmux         || need+=(tmux)
 have_cmd script       || need+=(bsdutils)
+# perl with Time::HiRes: a kill loop in pam_process_state.
+perl -MTime::HiRes -e 1 >/dev/null 2>&1 || need+=(perl)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

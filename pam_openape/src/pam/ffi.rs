@@ -86,3 +86,106 @@ pub fn pending_interrupt() -> Option<c_int> {
             .find(|&sig| libc::sigismember(&set, sig) == 1)
     }
 }
+
+/// From just before a grant is consumed until its audit line is written
+/// (and around every other audit line of the module), the host must not
+/// die or stop of anything its caller arranged. sudo 1.9, sudo-rs and su
+/// run the PAM stack with the caller's real uid, so the caller may send
+/// them any signal, SIGKILL and SIGSTOP included, and they keep the
+/// caller's interval timers, CPU limit and signal dispositions: a SIGALRM
+/// from an `ITIMER_REAL` armed before exec, a SIGTERM or SIGKILL sent by
+/// hand, a SIGXCPU or the hard CPU limit's SIGKILL all killed the host
+/// after the IdP had consumed the grant and before any line was written,
+/// and a SIGKILL in the middle of a long line cut it.
+///
+/// While this value lives: the real and saved uid are root as well (where
+/// the effective uid is root), so the caller's processes may not signal
+/// this one at all (kill(2) needs the sender's uid to match the target's
+/// real or saved uid); every signal that can be held is held, for those
+/// that need no permission (a terminal's SIGINT, SIGQUIT, SIGTSTP, SIGHUP;
+/// the timers' SIGALRM, SIGVTALRM, SIGPROF); the kernel's own fault signals
+/// are left alone (a fault there is a crash either way); and the CPU limit
+/// is lifted where the process may. Dropping it puts back the ids, the
+/// limit and the mask; whatever arrived meanwhile is delivered then, after
+/// the line.
+pub struct Critical {
+    old_mask: Option<libc::sigset_t>,
+    cpu: Option<libc::rlimit>,
+    /// Real, effective and saved uid before the switch to root.
+    ids: Option<(libc::uid_t, libc::uid_t, libc::uid_t)>,
+}
+
+impl Critical {
+    pub fn enter() -> Critical {
+        // SAFETY: sigset operations on locals of this frame;
+        // pthread_sigmask changes only this thread's mask and keeps the old
+        // one, which Drop puts back; getrlimit/setrlimit read and write one
+        // rlimit on this frame; getresuid writes three locals, and
+        // setresuid(0, 0, 0) is only called with the effective uid root
+        // (the ids are put back by Drop, which keeps them).
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            for sig in [
+                libc::SIGSEGV,
+                libc::SIGBUS,
+                libc::SIGFPE,
+                libc::SIGILL,
+                libc::SIGTRAP,
+                libc::SIGSYS,
+            ] {
+                libc::sigdelset(&mut all, sig);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            let old_mask =
+                (libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0).then_some(old);
+            let mut cpu: libc::rlimit = std::mem::zeroed();
+            let cpu = (libc::getrlimit(libc::RLIMIT_CPU, &mut cpu) == 0
+                && cpu.rlim_cur != libc::RLIM_INFINITY)
+                .then(|| {
+                    let lifted = libc::rlimit {
+                        rlim_cur: libc::RLIM_INFINITY,
+                        rlim_max: libc::RLIM_INFINITY,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_CPU, &lifted) != 0 {
+                        let soft_to_hard = libc::rlimit {
+                            rlim_cur: cpu.rlim_max,
+                            rlim_max: cpu.rlim_max,
+                        };
+                        libc::setrlimit(libc::RLIMIT_CPU, &soft_to_hard);
+                    }
+                    cpu
+                });
+            let (mut r, mut e, mut su) = (0, 0, 0);
+            let ids = (libc::getresuid(&mut r, &mut e, &mut su) == 0
+                && e == 0
+                && (r != 0 || su != 0)
+                && libc::setresuid(0, 0, 0) == 0)
+                .then_some((r, e, su));
+            Critical { old_mask, cpu, ids }
+        }
+    }
+}
+
+impl Drop for Critical {
+    fn drop(&mut self) {
+        // SAFETY: puts back the ids, the limit and the mask saved by
+        // `enter` (values on this struct, read by the calls only); the
+        // effective uid is root throughout, so setresuid may restore them.
+        // Should that ever fail, the host would go on with a real uid of
+        // root it never had: end it at once instead (nothing runs).
+        unsafe {
+            if let Some((r, e, su)) = self.ids.take()
+                && libc::setresuid(r, e, su) != 0
+            {
+                libc::_exit(1);
+            }
+            if let Some(cpu) = self.cpu.take() {
+                libc::setrlimit(libc::RLIMIT_CPU, &cpu);
+            }
+            if let Some(old) = self.old_mask.take() {
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            }
+        }
+    }
+}

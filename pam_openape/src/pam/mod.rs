@@ -111,6 +111,14 @@ fn service(pamh: &PamHandle) -> String {
     item::<pam::items::Service>(pamh, |s| s.0).unwrap_or_default()
 }
 
+/// Append one audit line where the caller can neither signal nor stop the
+/// host while it is written (see [`ffi::Critical`]): a SIGKILL in the
+/// middle of a long line would cut it.
+fn append_held(audit: &AuditLog, rec: &Record) -> Result<(), Denial> {
+    let _held = ffi::Critical::enter();
+    audit.append(rec)
+}
+
 /// Load the configuration (with the `audience=` override) and open the log.
 fn load(pamh: &PamHandle, args: &Args) -> Result<(Config, AuditLog), PamResultCode> {
     let mut cfg = Config::load(&args.config, ROOT).map_err(|e| {
@@ -386,6 +394,8 @@ fn accept(
     };
     let mut rec = base_record(&cfg, service, "denied");
     rec.token_fp = Some(fingerprint(token));
+    // Held from just before the consume until its line is written.
+    let mut critical: Option<ffi::Critical> = None;
 
     let result = (|| -> Result<(verify::Approved, String, Option<Vec<String>>), Denial> {
         let caller = caller(pamh)?;
@@ -429,6 +439,7 @@ fn accept(
             target_host: Some(c.target_host.clone()),
             ..rec.clone()
         })?;
+        critical = Some(ffi::Critical::enter());
         let approved = verify::consume(verified, token, &cfg, &client, now_unix())?;
         Ok((approved, target, argv))
     })();
@@ -448,7 +459,9 @@ fn accept(
                 target_host: Some(c.target_host.clone()),
                 ..rec
             };
-            if let Err(e) = audit.append(&ok) {
+            let logged = audit.append(&ok);
+            drop(critical);
+            if let Err(e) = logged {
                 ffi::syslog(pamh, libc::LOG_ERR, &format!("refusing: {}", e.reason));
                 return PamResultCode::PAM_SERVICE_ERR;
             }
@@ -475,7 +488,13 @@ fn accept(
             PamResultCode::PAM_SUCCESS
         }
         Ok(_) => PamResultCode::PAM_AUTH_ERR,
-        Err(d) => refuse(pamh, &audit, rec, flags, &d),
+        Err(d) => {
+            // A refusal after the consume was tried is logged before the
+            // host may be stopped (the message to the user goes out too).
+            let code = refuse(pamh, &audit, rec, flags, &d);
+            drop(critical);
+            code
+        }
     }
 }
 
@@ -493,7 +512,7 @@ fn refuse(
         reason: Some(d.reason.clone()),
         ..rec
     };
-    if let Err(e) = audit.append(&line) {
+    if let Err(e) = append_held(audit, &line) {
         ffi::syslog(pamh, libc::LOG_ERR, &e.reason);
     }
     ffi::syslog(
@@ -572,7 +591,7 @@ fn account(pamh: &mut PamHandle, raw: &[&CStr]) -> PamResultCode {
                     reason: Some(reason.clone()),
                     ..base_record(&cfg, &service, "denied")
                 };
-                let _ = audit.append(&line);
+                let _ = append_held(&audit, &line);
             }
             ffi::syslog(
                 pamh,
@@ -607,7 +626,7 @@ fn session(pamh: &mut PamHandle, raw: &[&CStr], event: &'static str) -> PamResul
                 grant_id: Some(grant_id),
                 ..base_record(&cfg, &service, event)
             };
-            match audit.append(&line) {
+            match append_held(&audit, &line) {
                 Ok(()) => PamResultCode::PAM_SUCCESS,
                 Err(e) => {
                     ffi::syslog(pamh, libc::LOG_ERR, &e.reason);

@@ -17,7 +17,7 @@ use pam::constants::{PAM_ERROR_MSG, PAM_SILENT, PAM_TEXT_INFO, PamFlag, PamResul
 use pam::module::PamHandle;
 
 use super::args::Args;
-use super::{base_record, caller, ffi, load, refuse, what_is_authorised};
+use super::{append_held, base_record, caller, ffi, load, refuse, what_is_authorised};
 use crate::audit::Record;
 use crate::error::{Denial, Kind, Step};
 use crate::http::Client;
@@ -47,18 +47,22 @@ fn tell(pamh: &PamHandle, style: pam::constants::PamMessageStyle, text: &str) ->
 }
 
 /// The style for the link and the waiting line. With a controlling
-/// terminal, PAM_TEXT_INFO: sudo, sudo-rs and su show it there. Without
-/// one, PAM_ERROR_MSG: sudo 1.9 and su print informational messages on
-/// their stdout, which belongs to the command (`sudo -n cmd | jq` would
-/// read the link as output), and error messages on stderr. sudo-rs needs a
-/// terminal for either.
+/// terminal that is also the host's stdout, PAM_TEXT_INFO: sudo, sudo-rs
+/// and su show it there. Otherwise PAM_ERROR_MSG: su (libpam_misc) prints
+/// informational messages on its stdout whatever the terminal, and sudo
+/// 1.9 does too without a terminal; that stdout belongs to the command
+/// (`sudo -n cmd | jq`, or `su - -c 'cat f' root > copy` typed at a
+/// terminal, would get the link as output), while error messages go to
+/// stderr. sudo 1.9 and sudo-rs show both styles on the terminal when
+/// there is one; sudo-rs needs a terminal for either.
 fn prompt_style() -> pam::constants::PamMessageStyle {
     use std::os::unix::fs::OpenOptionsExt;
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open("/dev/tty");
-    if tty.is_ok() {
+    let stdout_is_a_terminal = nix::unistd::isatty(std::io::stdout()).unwrap_or(false);
+    if tty.is_ok() && stdout_is_a_terminal {
         PAM_TEXT_INFO
     } else {
         PAM_ERROR_MSG
@@ -202,7 +206,7 @@ pub fn grant(
                     reason: None,
                     ..rec.clone()
                 };
-                if let Err(e) = audit.append(&line) {
+                if let Err(e) = append_held(&audit, &line) {
                     child.cancel();
                     let _ = child.next(cfg.http_timeout + Duration::from_secs(1));
                     child.finish(Duration::ZERO);

@@ -1,0 +1,309 @@
+//! pam_openape.so under hostile process state chosen by the caller of
+//! sudo 1.9, sudo-rs and util-linux su (the PAM counterpart of
+//! `process_state.rs`). The hosts run the PAM stack with the caller's real
+//! uid (measured: `Uid: 1001 0 0 0` in /proc/PID/status during the
+//! consume, all three), so the caller may signal them at any moment, and
+//! they keep the caller's interval timers, limits and signal dispositions.
+//! Each scenario runs the real program as the test user in a private mount
+//! namespace (`openape_tests::sudo_ns`); `state-exec` sets up the state and
+//! execs the host.
+//!
+//! Needs root; otherwise each test prints the skip notice and passes. Run
+//! after `cargo build --workspace` (and `scripts/sudo-rs.sh` for sudo-rs).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use openape_tests::against_both_sudos;
+use openape_tests::harness::{TEST_USER, artefact};
+use openape_tests::idp::{Fault, GrantSpec, TestIdp};
+use openape_tests::sudo_ns::{GRANT_OR_DENY_STACK, PamSandbox, SudoImpl, require_root};
+use serde_json::Value;
+
+/// Debian's `su-l` stack: everything from `su`.
+const SU_L: &str = "auth include su\naccount include su\nsession include su\n";
+
+/// Which host a scenario runs.
+#[derive(Clone, Copy, Debug)]
+enum Host {
+    Sudo(SudoImpl),
+    Su,
+}
+
+impl Host {
+    /// The granted argv and the host's command line for it.
+    fn command(self) -> (Vec<&'static str>, Vec<&'static str>) {
+        match self {
+            Host::Sudo(_) => (vec!["id", "-u"], vec!["sudo", "id", "-u"]),
+            Host::Su => (vec!["id -u"], vec!["su", "-", "-c", "id -u", "root"]),
+        }
+    }
+}
+
+/// A sandbox whose sudo and su stacks accept a grant or deny, with
+/// `[http] timeout` of `timeout` seconds and `state-exec` at
+/// `<root>/bin/state-exec`.
+fn sandbox(name: &str, idp: &TestIdp, host: Host, timeout: u32, sudoers: &str) -> PamSandbox {
+    let mut ps = PamSandbox::new(name, &idp.issuer());
+    ps.write_pam("sudo", GRANT_OR_DENY_STACK);
+    ps.write_pam("su", GRANT_OR_DENY_STACK);
+    ps.write_pam("su-l", SU_L);
+    ps.write_sudoers(&format!(
+        "Defaults !lecture\nDefaults timestamp_timeout=0\n{sudoers}{TEST_USER} ALL=(ALL:ALL) ALL\n"
+    ));
+    if let Host::Sudo(imp) = host {
+        ps.use_sudo(imp);
+    }
+    let mut c = ps.sb.config(&idp.issuer());
+    c.http_timeout = timeout;
+    ps.sb.write_config(&c.render());
+    let bin = std::fs::read(artefact("state-exec")).unwrap();
+    ps.sb.write_file("bin/state-exec", &bin, 0, 0, 0o755);
+    ps
+}
+
+fn state_exec(ps: &PamSandbox) -> String {
+    ps.sb.path("bin/state-exec").to_string_lossy().into_owned()
+}
+
+/// Between the consume and the audit line. The consume answer is written
+/// one byte every 40 ms (about 5 s; the IdP has consumed the grant before
+/// the first byte), and the caller's SIGALRM (an ITIMER_REAL armed before
+/// exec), SIGTERM, SIGHUP or SIGKILL (sent by the caller) arrives in that
+/// window. sudo-rs and su died of the first three, all three hosts of
+/// SIGKILL, with the grant spent and no line at all (exit 142/143/137,
+/// consume count 1, empty log). The module now holds the signals and makes
+/// the real and saved uid root from the consume until the line is written
+/// (the caller's kill then fails with EPERM): the grant_run line is there,
+/// and the host may die of a held signal only after it.
+fn consume_window(host: Host) {
+    let idp = TestIdp::start();
+    let label = match host {
+        Host::Sudo(imp) => imp.label(),
+        Host::Su => "su".into(),
+    };
+    let ps = sandbox("pam-consume-window", &idp, host, 20, "");
+    let (argv, cmd) = host.command();
+    let quoted: Vec<String> = cmd
+        .iter()
+        .map(|a| openape_tests::sudo_ns::shell_quote(a))
+        .collect();
+    let cmd_line = quoted.join(" ");
+    let se = state_exec(&ps);
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "ITIMER_REAL",
+            format!("exec {se} --itimer real 2000 -- {cmd_line}"),
+        ),
+        (
+            "SIGTERM from the caller",
+            format!("{cmd_line} & p=$!; sleep 2; kill -TERM $p; wait $p"),
+        ),
+        (
+            "SIGHUP from the caller",
+            format!("{cmd_line} & p=$!; sleep 2; kill -HUP $p; wait $p"),
+        ),
+        (
+            "SIGKILL from the caller",
+            format!("{cmd_line} & p=$!; sleep 2; kill -KILL $p; wait $p"),
+        ),
+    ];
+    for (what, script) in cases {
+        let g = idp.issue(&GrantSpec::new("testhost", &argv));
+        idp.set_fault_for(
+            &format!("/api/grants/{}/consume", g.grant_id),
+            Fault::Dribble(Duration::from_millis(40)),
+        );
+        let before = ps.audit().len();
+        let out = ps.run_for(
+            &["/bin/sh", "-c", &script],
+            &[("OPENAPE_GRANT", &g.jwt)],
+            None,
+            Duration::from_secs(40),
+        );
+        assert_eq!(
+            idp.consume_count(&g.grant_id),
+            1,
+            "{label}, {what}: the signal came before the consume; the scenario did not reach its window: {out}"
+        );
+        let lines: Vec<Value> = ps.audit().split_off(before);
+        let runs = lines
+            .iter()
+            .filter(|l| l["event"] == "grant_run" && l["grant_id"] == g.grant_id.as_str())
+            .count();
+        assert_eq!(
+            runs, 1,
+            "{label}, {what}: a consumed grant without its grant_run line (exit {}): {lines:?}\n{out}",
+            out.code
+        );
+        // Ran (the host caught the signal) or died after the line; never
+        // anything else.
+        assert!(out.stdout.is_empty() || out.stdout == "0\n", "{out}");
+    }
+}
+
+against_both_sudos!(consume_window_sudo);
+
+fn consume_window_sudo(imp: SudoImpl) {
+    consume_window(Host::Sudo(imp));
+}
+
+#[test]
+fn consume_window_su() {
+    if require_root() {
+        consume_window(Host::Su);
+    }
+}
+
+/// A line cut by the death of its writer. The caller may SIGKILL sudo
+/// (real uid) while the module writes a `denied` line, which holds the
+/// command: with 1 MB of control characters as arguments (6 MB of JSON)
+/// the write takes milliseconds, a kill in it leaves a fragment without
+/// its newline, and the next line was glued to it. No grant is needed
+/// (any token refused at parse). Measured before the fix: 16 of 82 lines
+/// unparseable after 100 kills. Now a line is at most 64 KiB, and the
+/// module writes its lines where the caller may not signal it (its kills
+/// fail).
+#[test]
+fn a_caller_killing_sudo_mid_line_leaves_no_torn_line() {
+    if !require_root() {
+        return;
+    }
+    let idp = TestIdp::start();
+    let ps = sandbox(
+        "pam-torn-line",
+        &idp,
+        Host::Sudo(SudoImpl::Ogsudo),
+        5,
+        "Defaults passwd_tries=1\n",
+    );
+    // Ten arguments of 100,000 bytes of \x01 (the module reads up to 1 MiB
+    // of command line); kills ramp from 20 to 320 ms after the start.
+    let script = r#"
+big=$(head -c 100000 /dev/zero | tr '\0' '\001')
+set -- "$big" "$big" "$big" "$big" "$big" "$big" "$big" "$big" "$big" "$big"
+perl -e '
+use Time::HiRes qw(usleep);
+$ENV{OPENAPE_GRANT} = "not-a-token";
+for my $d (0..60) {
+  my $pid = fork();
+  if ($pid == 0) { open(STDOUT, ">/dev/null"); open(STDERR, ">/dev/null"); exec("sudo", "echo", @ARGV); exit 127; }
+  usleep(20000 + $d * 5000);
+  kill 9, $pid; waitpid($pid, 0);
+}' "$@"
+OPENAPE_GRANT=not-a-token sudo echo last >/dev/null 2>&1 || true
+"#;
+    let out = ps.run_for(
+        &["/bin/sh", "-c", script],
+        &[],
+        None,
+        Duration::from_secs(300),
+    );
+    let text = ps.sb.audit_text();
+    assert!(text.ends_with('\n'), "the log ends in a cut-off line");
+    let bad: Vec<String> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).is_err())
+        .map(|l| format!("{}…", l.chars().take(120).collect::<String>()))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "{} unparseable audit lines: {bad:?}\n{out}",
+        bad.len()
+    );
+    let lines = ps.audit();
+    assert!(
+        lines.iter().any(|l| l["event"] == "denied"),
+        "no denied line: {out}"
+    );
+}
+
+/// The request stack of the link scenario: ask for a grant, else deny.
+const REQUEST_OR_DENY: &str = "\
+#%PAM-1.0
+auth     sufficient @SO@ config=@CFG@ request nonint
+auth     required   pam_deny.so
+account  required   pam_permit.so
+session  required   pam_permit.so
+";
+
+/// A controlling terminal behind redirected stdio. Request mode shows the
+/// approval link as PAM_TEXT_INFO when there is a terminal; su (its
+/// libpam_misc conversation) prints that on its stdout whatever the
+/// terminal, so `su - -c 'id -u' root > file` typed at a terminal wrote
+/// "Approve at: URL" and the waiting line into the command's output file.
+/// The link now goes out as an error message (stderr) unless stdout is the
+/// terminal. sudo 1.9 and sudo-rs show both styles on the terminal: the
+/// controls.
+fn approval_link_and_redirected_stdout(host: Host) {
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: /usr/bin/script (util-linux) is missing");
+        return;
+    }
+    let idp = TestIdp::start();
+    let mut ps = PamSandbox::new("pam-link-stdout", &idp.issuer());
+    if let Host::Sudo(imp) = host {
+        ps.use_sudo(imp);
+    }
+    let home = ps.with_user_home();
+    let mut cfg = ps.sb.config(&idp.issuer());
+    cfg.tail = "[request]\ntimeout = 15\n".into();
+    ps.sb.write_config(&cfg.render());
+    ps.write_pam("sudo", REQUEST_OR_DENY);
+    ps.write_pam("su", REQUEST_OR_DENY);
+    ps.write_pam("su-l", SU_L);
+    ps.write_sudoers(&format!(
+        "Defaults !lecture, timestamp_timeout=0, passwd_tries=1\n{TEST_USER} ALL=(ALL:ALL) ALL\n"
+    ));
+    idp.enrol_agent_key(
+        &home,
+        openape_tests::harness::test_user(),
+        "agent@example.com",
+        None,
+    );
+    let (_, cmd) = host.command();
+    let quoted: Vec<String> = cmd
+        .iter()
+        .map(|a| openape_tests::sudo_ns::shell_quote(a))
+        .collect();
+    let file = ps.out_path("command-stdout");
+    // script(1) gives the host a terminal; its stdout goes to a file.
+    let inner = format!("{} > {}", quoted.join(" "), file.display());
+    let script = format!(
+        "script -qec {} /dev/null",
+        openape_tests::sudo_ns::shell_quote(&inner)
+    );
+    let out = std::thread::scope(|s| {
+        let h = s.spawn(|| ps.run(&["/bin/sh", "-c", &script], &[], None));
+        let id = idp.wait_for_pending(Duration::from_secs(15));
+        if let Some(id) = &id {
+            assert!(idp.approve(id, openape_tests::harness::APPROVER));
+        }
+        let out = h.join().unwrap();
+        assert!(id.is_some(), "no request reached the IdP: {out}");
+        out
+    });
+    let written = std::fs::read_to_string(&file).unwrap_or_default();
+    assert_eq!(
+        written, "0\n",
+        "{host:?}: the command's stdout holds more than its output: {out}"
+    );
+    assert!(
+        out.stdout.contains("Approve at: "),
+        "{host:?}: the link did not reach the terminal: {out}"
+    );
+}
+
+against_both_sudos!(approval_link_and_redirected_stdout_sudo);
+
+fn approval_link_and_redirected_stdout_sudo(imp: SudoImpl) {
+    approval_link_and_redirected_stdout(Host::Sudo(imp));
+}
+
+#[test]
+fn approval_link_and_redirected_stdout_su() {
+    if require_root() {
+        approval_link_and_redirected_stdout(Host::Su);
+    }
+}
