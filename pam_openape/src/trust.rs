@@ -69,7 +69,9 @@ pub fn check_dir_chain(dir: &Path, owner: u32) -> Result<PathBuf, Untrusted> {
     }
     let real = std::fs::canonicalize(dir)
         .map_err(|e| untrusted(dir, format!("cannot be resolved: {e}")))?;
-    for d in real.ancestors().chain(dir.ancestors()) {
+    // The named chain only where it differs (most paths have no symlink).
+    let named = dir.ancestors().filter(|_| dir != real.as_path());
+    for d in real.ancestors().chain(named) {
         let meta =
             std::fs::metadata(d).map_err(|e| untrusted(d, format!("cannot be examined: {e}")))?;
         if !meta.is_dir() {
