@@ -128,6 +128,9 @@ struct Ctx {
     user: Option<String>,
     command: Vec<String>,
     token_fp: Option<String>,
+    /// Set once the grant passed every check (its claims are trusted
+    /// then): refusals after that name the grant.
+    grant_id: Option<String>,
 }
 
 impl Ctx {
@@ -141,6 +144,7 @@ impl Ctx {
             command: self.command.clone(),
             host: self.cfg.host.clone(),
             token_fp: self.token_fp.clone(),
+            grant_id: self.grant_id.clone(),
             ..Record::default()
         }
     }
@@ -231,6 +235,7 @@ fn elevate(opts: &Opts, snapshot: &[(OsString, OsString)], state: &sys::CallerSt
         user: None,
         command: lossy(&opts.command),
         token_fp: None,
+        grant_id: None,
         cfg,
         audit,
     };
@@ -286,6 +291,7 @@ fn elevate_logged(
         argv: Some(&argv),
     };
     let verified = verify::check(&token, &req, cfg, &mut keys, &client, now, &mut |_, _| {})?;
+    ctx.grant_id = Some(verified.claims.grant_id.clone());
 
     // Resolve everything that could still fail before the grant is used.
     let target = target_user(&verified, requested)?;

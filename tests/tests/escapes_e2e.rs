@@ -648,6 +648,16 @@ fn once_grant_replay_is_refused() {
     t.assert_denied(&out, 5, "consume", "m");
     assert_eq!(t.idp.consume_count(&g.grant_id), 1);
     assert_eq!(t.sb.audit_lines().len(), 2);
+    // A refusal after every check passed names the grant (the replay is
+    // traceable to it); one before names none (its claims are not yet
+    // trusted).
+    assert_eq!(
+        t.sb.last_audit()["grant_id"].as_str(),
+        Some(g.grant_id.as_str())
+    );
+    let out = t.run(&g.jwt, &[], &t.sb.marker_cmd("other"));
+    t.assert_denied(&out, 5, "command", "other");
+    assert!(t.sb.last_audit().get("grant_id").is_none());
 }
 
 #[test]

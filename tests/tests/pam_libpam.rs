@@ -239,6 +239,12 @@ fn refusals_map_to_auth_err_with_a_denied_line() {
         assert_eq!(l["event"], "denied", "{label}");
         assert_eq!(l["step"], step, "{label}: {l}");
         assert_eq!(l["via"], "pam:sudo", "{label}");
+        // Only a grant that passed every check is named (the replay).
+        assert_eq!(
+            l.get("grant_id").is_some(),
+            step == "consume",
+            "{label}: {l}"
+        );
         assert!(
             out.stdout.contains("msg=3:OpenApe: "),
             "{label}: the user is told why\n{out}"

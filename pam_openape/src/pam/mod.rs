@@ -427,6 +427,9 @@ fn accept(
                 }
             },
         )?;
+        // Every check passed: its claims are trusted, and a refusal from
+        // here on (the consume) names the grant.
+        rec.grant_id = Some(verified.claims.grant_id.clone());
         // Room for the grant_run line is reserved before the grant is used.
         let c = &verified.claims;
         audit.reserve_for(&Record {
