@@ -323,21 +323,10 @@ impl AuditLog {
     /// SIGSTOP its own escapes) only delays them, they then write without
     /// it. A writer that dies lets go of it with its descriptor.
     fn lock(&self) -> Option<nix::fcntl::Flock<File>> {
-        use nix::fcntl::{Flock, FlockArg};
         // A second descriptor of the same open file: the lock belongs to
         // the open file, so this process's other uses of it never wait.
-        let mut file = self.file.try_clone().ok()?;
-        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => return Some(locked),
-                Err((f, _)) if std::time::Instant::now() < deadline => {
-                    file = f;
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-                Err(_) => return None,
-            }
-        }
+        let file = self.file.try_clone().ok()?;
+        trust::flock_within(file, LOCK_PATIENCE, std::time::Duration::from_millis(1))
     }
 
     /// Does the file end in the middle of a line? (A writer killed during
@@ -401,16 +390,25 @@ mod tests {
     use crate::testutil::{TempDir, me};
     use std::fs::OpenOptions;
 
-    #[test]
-    fn writes_one_parseable_line_per_record_even_with_hostile_text() {
-        let Some(t) = TempDir::trusted("audit") else {
+    /// A new log `audit.log` in a trusted temp directory (kept alive by
+    /// the returned `TempDir`); `None` (reported skipped) where there is
+    /// no such directory for this user.
+    fn fresh_log(name: &str) -> Option<(TempDir, std::path::PathBuf, AuditLog)> {
+        let Some(t) = TempDir::trusted(name) else {
             eprintln!("skipped: no trusted temp directory for this user");
-            return;
+            return None;
         };
         let p = t.path().join("audit.log");
         let log = AuditLog::open(&p, me());
         assert!(log.is_ok(), "{:?}", log.err());
-        let Ok(log) = log else { return };
+        Some((t, p, log.ok()?))
+    }
+
+    #[test]
+    fn writes_one_parseable_line_per_record_even_with_hostile_text() {
+        let Some((_t, p, log)) = fresh_log("audit") else {
+            return;
+        };
         let rec = Record {
             ts: crate::time::rfc3339_utc(0),
             event: "denied",
@@ -439,12 +437,7 @@ mod tests {
 
     #[test]
     fn a_huge_record_is_cut_to_one_bounded_line() {
-        let Some(t) = TempDir::trusted("audit4") else {
-            eprintln!("skipped: no trusted temp directory for this user");
-            return;
-        };
-        let p = t.path().join("audit.log");
-        let Ok(log) = AuditLog::open(&p, me()) else {
+        let Some((_t, p, log)) = fresh_log("audit4") else {
             return;
         };
         // Under the limit (what a 16 KiB grant can name): untouched.
@@ -494,14 +487,9 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_does_not_swallow_the_next_record() {
-        let Some(t) = TempDir::trusted("audit3") else {
-            eprintln!("skipped: no trusted temp directory for this user");
+        let Some((_t, p, log)) = fresh_log("audit3") else {
             return;
         };
-        let p = t.path().join("audit.log");
-        let log = AuditLog::open(&p, me());
-        assert!(log.is_ok(), "{:?}", log.err());
-        let Ok(log) = log else { return };
         let rec = Record {
             ts: crate::time::rfc3339_utc(0),
             event: "grant_run",

@@ -368,8 +368,7 @@ impl<'a> KeyCache<'a> {
     /// (go on unlocked) when the file cannot be opened or the lock is not
     /// free within [`LOCK_PATIENCE`].
     fn lock(dir: &Path, issuer: &str) -> Option<nix::fcntl::Flock<std::fs::File>> {
-        use nix::fcntl::{Flock, FlockArg};
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -378,17 +377,7 @@ impl<'a> KeyCache<'a> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(dir.join(format!("jwks-{}.lock", Self::stem(issuer))))
             .ok()?;
-        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-        loop {
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(locked) => return Some(locked),
-                Err((f, _)) if std::time::Instant::now() < deadline => {
-                    file = f;
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                Err(_) => return None,
-            }
-        }
+        trust::flock_within(file, LOCK_PATIENCE, std::time::Duration::from_millis(5))
     }
 
     fn fetch_keys(&mut self, fetch: &dyn Fetch, issuer: &str) -> Result<KeySet, Denial> {

@@ -161,6 +161,30 @@ pub fn open_log_dir(dir: &Path, owner: u32) -> Result<std::os::fd::OwnedFd, Untr
     Ok(fd)
 }
 
+/// An exclusive `flock` of `file`, tried every `poll` for at most
+/// `patience`: `None` when it stayed taken (a holder its caller stopped
+/// must not stop every other writer for good). The lock belongs to the
+/// open file and goes with the returned guard or a holder's death.
+pub fn flock_within(
+    file: File,
+    patience: std::time::Duration,
+    poll: std::time::Duration,
+) -> Option<nix::fcntl::Flock<File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let deadline = std::time::Instant::now() + patience;
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Some(locked),
+            Err((f, _)) if std::time::Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(poll);
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Open a trusted regular file for reading: no symlink as the last
 /// component, owner and mode checked on the open descriptor (no race
 /// between check and read), every parent directory checked too.

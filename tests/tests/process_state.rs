@@ -690,8 +690,8 @@ else:
 #[test]
 fn a_callers_interval_timer_cannot_cut_the_run_between_consume_and_log() {
     let Some(t) = setup("itimer") else { return };
-    let bin = std::fs::read(artefact("itimer-exec")).unwrap();
-    let exec = t.sb.write_file("bin/itimer-exec", &bin, 0, 0, 0o755);
+    let bin = std::fs::read(artefact("state-exec")).unwrap();
+    let exec = t.sb.write_file("bin/state-exec", &bin, 0, 0, 0o755);
     let argv = vec![
         "grep".to_string(),
         "-c".into(),
@@ -705,7 +705,10 @@ fn a_callers_interval_timer_cannot_cut_the_run_between_consume_and_log() {
     t.idp
         .set_fault_for("/api/grants/", Fault::Slow(Duration::from_millis(400)));
     let mut args = vec![
-        "150".to_string(),
+        "--itimer".to_string(),
+        "real".into(),
+        "150".into(),
+        "--".into(),
         t.sb.escapes().to_string_lossy().into_owned(),
         "--grant-file".into(),
         file,
