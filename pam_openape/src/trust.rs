@@ -122,6 +122,47 @@ pub fn open_log_dir(dir: &Path, owner: u32) -> Result<std::os::fd::OwnedFd, Untr
             Ok(())
         }
     };
+    // One component at a time, each opened without following a symlink
+    // and checked on its descriptor. Err(None): a component is a symlink.
+    let walk = |path: &Path| -> Result<std::os::fd::OwnedFd, Option<Untrusted>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut walked = PathBuf::from("/");
+        let mut fd = open("/", flags, Mode::empty())
+            .map_err(|e| Some(untrusted(&walked, format!("cannot be opened: {e}"))))?;
+        let parts: Vec<_> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        for i in 0..=parts.len() {
+            let st = fstat(&fd)
+                .map_err(|e| Some(untrusted(&walked, format!("cannot be examined: {e}"))))?;
+            check(&walked, st.st_uid, st.st_mode, i == parts.len()).map_err(Some)?;
+            let Some(next) = parts.get(i) else {
+                break;
+            };
+            walked.push(next);
+            fd = openat(&fd, *next, flags, Mode::empty()).map_err(|e| match e {
+                nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => None,
+                e => Some(untrusted(&walked, format!("cannot be opened: {e}"))),
+            })?;
+        }
+        Ok(fd)
+    };
+    // Most paths have no symlink and no `..`: then the path as named is
+    // the real one, and the walk checks every directory of it.
+    let plain = dir
+        .components()
+        .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if plain {
+        match walk(dir) {
+            Ok(fd) => return Ok(fd),
+            Err(Some(e)) => return Err(e),
+            Err(None) => {}
+        }
+    }
     // As named: a symlink on the way lives in one of these directories.
     for d in dir.ancestors() {
         let m =
@@ -133,32 +174,9 @@ pub fn open_log_dir(dir: &Path, owner: u32) -> Result<std::os::fd::OwnedFd, Untr
     }
     let real = std::fs::canonicalize(dir)
         .map_err(|e| untrusted(dir, format!("cannot be resolved: {e}")))?;
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut walked = PathBuf::from("/");
-    let mut fd = open("/", flags, Mode::empty())
-        .map_err(|e| untrusted(&walked, format!("cannot be opened: {e}")))?;
-    let parts: Vec<_> = real
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n),
-            _ => None,
-        })
-        .collect();
-    for i in 0..=parts.len() {
-        let st = fstat(&fd).map_err(|e| untrusted(&walked, format!("cannot be examined: {e}")))?;
-        check(&walked, st.st_uid, st.st_mode, i == parts.len())?;
-        let Some(next) = parts.get(i) else {
-            break;
-        };
-        walked.push(next);
-        fd = openat(&fd, *next, flags, Mode::empty()).map_err(|e| {
-            untrusted(
-                &walked,
-                format!("cannot be opened as a directory (no symlinks): {e}"),
-            )
-        })?;
-    }
-    Ok(fd)
+    walk(&real).map_err(|e| {
+        e.unwrap_or_else(|| untrusted(&real, "changed while it was opened (a symlink appeared)"))
+    })
 }
 
 /// An exclusive `flock` of `file`, tried every `poll` for at most
@@ -332,6 +350,69 @@ mod tests {
             "{err:?}"
         );
         assert!(check_dir_chain(&open.join("link"), me()).is_err());
+    }
+
+    /// The audit log's directory: group-writable above it is fine, not
+    /// writable by others anywhere, not by group in itself; a symlink on
+    /// the way counts where it lives, and the fast walk (no symlink) and
+    /// the slow one (through a symlink) apply the same rules.
+    #[test]
+    fn log_directories_follow_their_own_rules() {
+        use std::os::fd::AsRawFd;
+        let Some(t) = TempDir::trusted("trust-log") else {
+            eprintln!("skipped: no directory chain owned by this user and not writable by others");
+            return;
+        };
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap_or_default();
+        };
+        let mkdir = |rel: &str, m: u32| {
+            let p = t.path().join(rel);
+            std::fs::create_dir(&p).unwrap_or_default();
+            mode(&p, m);
+            p
+        };
+        let group = mkdir("group", 0o775);
+        let own = mkdir("group/own", 0o700);
+        let opened = open_log_dir(&own, me());
+        assert!(
+            opened.as_ref().is_ok_and(|fd| fd.as_raw_fd() > 2),
+            "{:?}",
+            opened.err()
+        );
+        // Through a symlink kept in a trusted directory: the same.
+        std::os::unix::fs::symlink(&group, t.path().join("link")).unwrap_or_default();
+        assert!(open_log_dir(&t.path().join("link/own"), me()).is_ok());
+        // Its own directory writable by its group: refused, both ways.
+        mode(&own, 0o770);
+        for d in [own.clone(), t.path().join("link/own")] {
+            let err = open_log_dir(&d, me()).err();
+            assert!(
+                err.as_ref()
+                    .is_some_and(|e| e.problem.contains("writable by group or others")),
+                "{err:?}"
+            );
+        }
+        mode(&own, 0o700);
+        // Writable by others above it: refused, both ways.
+        mode(&group, 0o777);
+        for d in [own.clone(), t.path().join("link/own")] {
+            let err = open_log_dir(&d, me()).err();
+            assert!(
+                err.as_ref().is_some_and(|e| {
+                    (e.path == group || e.path == t.path().join("link"))
+                        && e.problem.contains("writable by others")
+                }),
+                "{err:?}"
+            );
+        }
+        mode(&group, 0o775);
+        // A symlink in a directory others may write is refused, wherever
+        // it points.
+        let open = mkdir("open", 0o777);
+        std::os::unix::fs::symlink(&group, open.join("link")).unwrap_or_default();
+        let err = open_log_dir(&open.join("link/own"), me()).err();
+        assert!(err.as_ref().is_some_and(|e| e.path == open), "{err:?}");
     }
 
     #[test]
