@@ -241,6 +241,8 @@ fn elevate(opts: &Opts, snapshot: &[(OsString, OsString)], state: &sys::CallerSt
     };
     match elevate_logged(opts, snapshot, state, &mut ctx) {
         Ok(never) => match never {},
+        // A signal still held over the consume (sys::hold_signals) is
+        // dropped with the exit: nothing ran, and the line says why.
         Err(d) => ctx.deny(&d),
     }
 }
@@ -270,6 +272,7 @@ fn elevate_logged(
         &argv,
         requested.as_ref().map(|u| u.name.as_str()),
     )?;
+    let asked_idp = asked.is_some();
     let token = match asked {
         Some(t) => {
             // A requested grant runs as the user it was requested for,
@@ -376,12 +379,36 @@ fn elevate_logged(
     };
     ctx.audit.reserve_for(&rec)?;
 
+    // From here until the line for the outcome is written, the terminal's
+    // signals are held (a request held them from its approval on): one
+    // that came before the consume stops the run unspent, one that comes
+    // during it is delivered after the line.
+    sys::hold_signals();
+    if let Some(sig) = sys::pending_interrupt() {
+        let step = if asked_idp {
+            Step::Request
+        } else {
+            Step::Consume
+        };
+        return Err(interrupted_before_consume(sig, step));
+    }
     let approved = verify::consume(verified, &token, cfg, &client, now_unix())?;
     drop(client);
     drop(token);
     rec.ts = rfc3339_utc(now_unix());
     ctx.audit.append(&rec)?;
     run_approved(&approved, &program, &prepared, state)
+}
+
+/// A stop asked for (Ctrl-C, SIGTERM, ...) that was held until just
+/// before the consume: refused there, the grant unspent.
+fn interrupted_before_consume(sig: i32, step: Step) -> Denial {
+    let name = nix::sys::signal::Signal::try_from(sig).map_or("a signal", |s| s.as_str());
+    Denial::new(
+        step,
+        Kind::Interrupted(sig),
+        format!("interrupted by {name} before the grant was used; nothing ran"),
+    )
 }
 
 /// A failed exec (or one that cannot succeed) as a refusal: 127 when the
@@ -414,6 +441,9 @@ fn run_approved(
         return Err(Denial::refused(Step::Exec, "internal error: no approval"));
     }
     let failed = |err: nix::errno::Errno| exec_denial(program, err);
+    // The grant_run line is written: a signal held over the consume is
+    // delivered now (the caller asked to stop), before anything runs.
+    sys::release_signals();
     if !nix::unistd::Uid::effective().is_root() && (state.has_ctty || sys::stdio_is_tty()) {
         let code = sys::run_detached(prepared).map_err(failed)?;
         std::process::exit(code);

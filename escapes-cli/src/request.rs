@@ -318,8 +318,12 @@ pub fn grant_from_idp(
                 child.finish(Duration::from_millis(500));
                 // An interrupt that crossed the approval (the child was
                 // already fetching the token) still means stop: the
-                // caller asked for nothing to run. The default actions
-                // come back first, so none can slip in after this look.
+                // caller asked for nothing to run. From here on signals
+                // are held (the default actions come back behind the
+                // hold), so none can slip in after this look: one that
+                // comes later is found before the consume, or delivered
+                // after the line that logs it.
+                sys::hold_signals();
                 drop(signals);
                 let late = Signals::caught();
                 if let Some(sig) = stopping.map(|(s, _)| s).or((late != 0).then_some(late)) {

@@ -210,6 +210,61 @@ fn reset_signals(quiet: libc::sighandler_t) {
     }
 }
 
+/// Hold every signal that can be held, except the kernel's fault signals
+/// (a fault is a crash either way). From the moment a grant may be spent
+/// until the line that accounts for it is written: once escapes is the
+/// target, the caller's `kill` cannot reach it, but a terminal's signals
+/// need no permission (Ctrl-C, the quit key, Ctrl-Z, a hang-up), and would
+/// otherwise end escapes after the IdP consumed the grant and before any
+/// line. Whatever arrives meanwhile stays pending: [`pending_interrupt`]
+/// finds it before the consume, and [`release_signals`] delivers it after
+/// the line. Calling it again changes nothing.
+pub fn hold_signals() {
+    // SAFETY: sigset operations on a local of this frame; sigprocmask
+    // changes only the mask of this single-threaded process.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut all, sig);
+        }
+        libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
+/// Empty the mask again (what [`take_process_state`] set): a signal held
+/// by [`hold_signals`] is delivered now, at its default action.
+pub fn release_signals() {
+    // SAFETY: sigemptyset fills a local set; sigprocmask reads it.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// A held signal that asks escapes to stop (SIGINT, SIGTERM, SIGHUP,
+/// SIGQUIT), if one is pending.
+pub fn pending_interrupt() -> Option<i32> {
+    // SAFETY: sigpending fills a zeroed local set, sigismember reads it.
+    unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut pending) != 0 {
+            return None;
+        }
+        [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
+            .into_iter()
+            .find(|sig| libc::sigismember(&pending, *sig) == 1)
+    }
+}
+
 /// One line to syslog (authpriv), tagged `escapes[pid]`, with the real
 /// uid. The text is sanitised and passed to a constant `%s` format, never
 /// used as the format. Never given a token.

@@ -145,7 +145,8 @@ fn argv<'a>(pre: &[&'a str], cmd: &'a [String]) -> Vec<&'a str> {
 }
 
 /// Send `sig` to every process running this sandbox's escapes (the
-/// privileged parent and its request child, as a terminal would).
+/// privileged parent and its request child, as a terminal would); with
+/// signal 0, only count them.
 fn signal_escapes(sb: &Sandbox, sig: i32) -> usize {
     let want = sb.escapes();
     let mut n = 0;
@@ -863,4 +864,217 @@ fn waiting_screen_and_ctrl_c_on_a_terminal() {
     assert!(!t.sb.marker_exists("ran"));
     let id = &t.idp.grant_ids()[0];
     assert_eq!(t.idp.grant_state(id).unwrap().0, "denied");
+}
+
+/// A tmux session whose shell is the test user's, in the sandbox's
+/// config namespace: a real terminal, so Ctrl-C reaches the foreground
+/// process group through the terminal driver, which asks no permission
+/// (the caller's own `kill` could not signal escapes once it is root).
+struct Terminal {
+    session: String,
+}
+
+impl Terminal {
+    fn open(t: &T, tag: &str) -> Option<Terminal> {
+        if !Path::new("/usr/bin/tmux").exists() {
+            eprintln!("skipped: tmux is not installed (scripts/setup.sh installs it)");
+            return None;
+        }
+        let term = Terminal {
+            session: format!("openape-{tag}-{}", std::process::id()),
+        };
+        let started = term.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &term.session,
+            "-x",
+            "200",
+            "-y",
+            "40",
+            &format!(
+                "{} setpriv --reuid={1} --regid={1} --init-groups -- /bin/sh",
+                t.sb.config_ns_shell(),
+                t.user.name
+            ),
+        ]);
+        assert_eq!(started.code, 0, "{started}");
+        Some(term)
+    }
+
+    fn tmux(&self, args: &[&str]) -> Output {
+        Run::new("/usr/bin/tmux").args(args).output()
+    }
+
+    fn send(&self, keys: &[&str]) {
+        let mut a = vec!["send-keys", "-t", self.session.as_str()];
+        a.extend_from_slice(keys);
+        self.tmux(&a);
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", &self.session])
+            .stdout
+    }
+
+    fn wait_for(&self, needle: &str, within: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.screen().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-session", "-t", &self.session]);
+    }
+}
+
+/// Ctrl-C (and Ctrl-\, and the terminal hanging up) while the approved
+/// grant is being consumed. By then escapes is root through and through,
+/// so the caller's `kill` cannot reach it, but the terminal's signals need
+/// no permission: they killed escapes after the IdP had consumed the
+/// grant and before any line, leaving a spent grant that no `grant_run`
+/// or `denied` line accounts for (the user gives up at the moment the
+/// approver says yes; or a caller with a pty times the key). Now the
+/// interrupt is held from the consume until the line is written.
+#[test]
+fn an_interrupt_from_the_terminal_during_consume_leaves_a_line() {
+    let Some(t) = setup("req-tty-consume") else {
+        return;
+    };
+    for (n, keys) in [["C-c"], ["C-\\"]].iter().enumerate() {
+        let Some(term) = Terminal::open(&t, &format!("req-consume-{n}")) else {
+            return;
+        };
+        let marker = format!("ran-{n}");
+        let cmd = t.sb.marker_cmd(&marker);
+        let before = t.sb.audit_lines().len();
+        term.send(&[
+            &format!(
+                "{} -- {}; echo exit-$?",
+                t.sb.escapes().display(),
+                cmd.join(" ")
+            ),
+            "Enter",
+        ]);
+        assert!(
+            term.wait_for("Approve at: ", Duration::from_secs(15)),
+            "no link:\n{}",
+            term.screen()
+        );
+        let id = t
+            .idp
+            .wait_for_pending(Duration::from_secs(5))
+            .expect("no pending grant");
+        // The consume answer takes 1.5 s (under http.timeout = 2 s): the
+        // keys are pressed while escapes waits for it, after the IdP has
+        // the request.
+        let consume = format!("/api/grants/{id}/consume");
+        t.idp
+            .set_fault_for(&consume, Fault::Slow(Duration::from_millis(1500)));
+        assert!(t.idp.approve(&id, APPROVER));
+        let start = Instant::now();
+        while t.count("POST", &consume) == 0 && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(t.count("POST", &consume), 1, "never consumed");
+        std::thread::sleep(Duration::from_millis(300));
+        term.send(keys);
+        let start = Instant::now();
+        while signal_escapes(&t.sb, 0) > 0 && start.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            signal_escapes(&t.sb, 0),
+            0,
+            "escapes did not end:\n{}",
+            term.screen()
+        );
+        // Let the IdP finish the consume it was sleeping on.
+        let start = Instant::now();
+        while t.idp.consume_count(&id) == 0 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(t.idp.consume_count(&id), 1, "{keys:?}");
+        // The spent grant is accounted for: grant_run (the interrupt is
+        // delivered once the line is written) names it.
+        let lines = t.sb.audit_lines();
+        let after: Vec<&Value> = lines.iter().skip(before).collect();
+        assert!(
+            after
+                .iter()
+                .any(|l| l["event"] == "grant_run" && l["grant_id"].as_str() == Some(id.as_str())),
+            "{keys:?}: a consumed grant with no grant_run line: {after:?}\n{}",
+            term.screen()
+        );
+        // And the stop still counts: the command did not start.
+        assert!(!t.sb.marker_exists(&marker), "{keys:?}");
+    }
+}
+
+/// Ctrl-C after the approval, while escapes verifies the token (the JWKS
+/// answer is slow): nothing is consumed, and the run ends with a `denied`
+/// line (step `request`). Before, the default action ended escapes there
+/// with no line after `grant_requested`.
+#[test]
+fn an_interrupt_from_the_terminal_after_the_approval_is_logged_unspent() {
+    let Some(t) = setup("req-tty-verify") else {
+        return;
+    };
+    let Some(term) = Terminal::open(&t, "req-verify") else {
+        return;
+    };
+    let cmd = t.sb.marker_cmd("ran");
+    term.send(&[
+        &format!(
+            "{} -- {}; echo exit-$?",
+            t.sb.escapes().display(),
+            cmd.join(" ")
+        ),
+        "Enter",
+    ]);
+    assert!(
+        term.wait_for("Approve at: ", Duration::from_secs(15)),
+        "no link:\n{}",
+        term.screen()
+    );
+    let id = t
+        .idp
+        .wait_for_pending(Duration::from_secs(5))
+        .expect("no pending grant");
+    let jwks = "/.well-known/jwks.json";
+    t.idp
+        .set_fault_for(jwks, Fault::Slow(Duration::from_millis(1500)));
+    let before = t.count("GET", jwks);
+    assert!(t.idp.approve(&id, APPROVER));
+    let start = Instant::now();
+    while t.count("GET", jwks) == before && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(t.count("GET", jwks) > before, "the key was never fetched");
+    std::thread::sleep(Duration::from_millis(300));
+    term.send(&["C-c"]);
+    assert!(
+        term.wait_for("exit-130", Duration::from_secs(15)),
+        "{}",
+        term.screen()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(t.idp.consume_count(&id), 0);
+    assert!(!t.sb.marker_exists("ran"));
+    let l = t.last();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("request")),
+        "{:?}\n{}",
+        t.sb.audit_lines(),
+        term.screen()
+    );
+    assert_eq!(l["grant_id"].as_str(), Some(id.as_str()));
 }
