@@ -323,6 +323,9 @@ pub struct Run {
     as_user: bool,
     /// With `as_user`: these supplementary groups instead of the user's.
     groups: Option<Vec<u32>>,
+    /// With `as_user`: this real, effective and saved gid instead of the
+    /// user's primary group.
+    gid: Option<u32>,
     cwd: Option<PathBuf>,
     timeout: Duration,
     /// Descriptors handed to the program: (our copy, its number there).
@@ -522,6 +525,7 @@ impl Run {
             stdin: None,
             as_user: false,
             groups: None,
+            gid: None,
             cwd: None,
             timeout: DEFAULT_TIMEOUT,
             fds: Vec::new(),
@@ -602,6 +606,16 @@ impl Run {
         self
     }
 
+    /// Run as [`TEST_USER`] with this gid (real, effective, saved) and
+    /// only these supplementary groups: a process that no longer holds
+    /// the user's primary group (a service's `Group=`, `setpriv --regid`).
+    pub fn as_test_user_with_ids(mut self, gid: u32, groups: &[u32]) -> Run {
+        self.as_user = true;
+        self.gid = Some(gid);
+        self.groups = Some(groups.to_vec());
+        self
+    }
+
     pub fn cwd(mut self, dir: impl AsRef<Path>) -> Run {
         self.cwd = Some(dir.as_ref().to_path_buf());
         self
@@ -630,7 +644,7 @@ impl Run {
         let what = self.describe();
         let mut cmd;
         let ns = self.config_ns.clone();
-        if self.as_user && self.arg0.is_none() && self.groups.is_none() {
+        if self.as_user && self.arg0.is_none() && self.groups.is_none() && self.gid.is_none() {
             test_user();
             cmd = Command::new("/usr/bin/setpriv");
             if let Some(ns) = ns.clone() {
@@ -656,12 +670,13 @@ impl Run {
             if self.as_user {
                 let u = test_user().clone();
                 let groups: Vec<libc::gid_t> = self.groups.clone().unwrap_or(u.groups);
+                let gid = self.gid.unwrap_or(u.gid);
                 // SAFETY: the closure runs in the forked child before exec
                 // and only makes the async-signal-safe system calls
                 // setgroups, setresgid and setresuid on data prepared
                 // before the fork.
                 unsafe {
-                    cmd.pre_exec(move || drop_to(&groups, u.gid, u.uid));
+                    cmd.pre_exec(move || drop_to(&groups, gid, u.uid));
                 }
             }
         }

@@ -92,6 +92,17 @@ impl P {
 
     /// `drive` with more PAMD_* settings for the driver.
     fn drive_env(&self, args: &[&str], steps: &str, env: &[(&str, &str)]) -> Output {
+        self.driver_run(args, steps, env).as_test_user().output()
+    }
+
+    /// `drive` from a process holding gid `gid` and only `groups`.
+    fn drive_with_ids(&self, args: &[&str], steps: &str, gid: u32, groups: &[u32]) -> Output {
+        self.driver_run(args, steps, &[])
+            .as_test_user_with_ids(gid, groups)
+            .output()
+    }
+
+    fn driver_run(&self, args: &[&str], steps: &str, env: &[(&str, &str)]) -> Run {
         Run::new(&self.driver)
             .arg0("sudo")
             .args(args)
@@ -102,9 +113,7 @@ impl P {
             .env("PAMD_STEPS", steps)
             .envs(env.iter().copied())
             .config_ns(self.sb.config_ns())
-            .as_test_user()
             .timeout(Duration::from_secs(60))
-            .output()
     }
 
     /// `drive` with the interrupts blocked for the whole run, as sudo
@@ -516,4 +525,43 @@ fn a_pid_reused_after_the_request_child_ended_is_not_killed() {
         victim.id()
     );
     assert_eq!(p.last()["step"], "request");
+}
+
+/// The request child becomes the caller with the groups the host
+/// process holds. The primary group came from passwd instead: a process
+/// that no longer held it (a service's `Group=`, `setpriv --regid`) got it
+/// back in the child, which read a key only that group may read and
+/// logged in as its agent. (`escapes` takes the process's gid; this is
+/// the module's side of `request_e2e::a_dropped_group_does_not_come_back_for_the_request`.)
+#[test]
+fn a_primary_group_the_caller_dropped_does_not_come_back_for_the_request() {
+    let Some(p) = setup("pamreq-gid", true) else {
+        return;
+    };
+    p.stack(&AUTH_REQUEST.replace("request\n", "request request_timeout=2\n"));
+    // The key, readable through the user's primary group only.
+    set_owner_mode(&p.home.join(".ssh/id_ed25519"), 0, p.user.gid, 0o640);
+    // Control: holding that group, the key is read and a request made
+    // (nobody decides; the deadline cancels it).
+    let out = p.drive(&["id", "-u"], "auth");
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    assert_eq!(p.idp.grant_ids().len(), 1, "{out}");
+    // The same user holding only the extra group, as gid and as the one
+    // supplementary group: refused before any request.
+    let extra = p.user.extra_gid;
+    let out = p.drive_with_ids(&["id", "-u"], "auth", extra, &[extra]);
+    assert_ne!(code(&out, "auth"), SUCCESS, "{out}");
+    assert_eq!(p.idp.grant_ids().len(), 1, "{:?}", p.idp.requests());
+    let l = p.last();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("request")),
+        "{l}"
+    );
+    assert!(
+        l["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("permission denied")),
+        "{l}"
+    );
 }

@@ -137,9 +137,13 @@ pub fn grant(
             wait,
             http_timeout: cfg.http_timeout,
         };
+        // The gid the host process holds (sudo and su keep the caller's),
+        // never passwd's primary group: a caller whose process dropped
+        // that group must not get it back in the child (privsep keeps
+        // only held supplementary groups for the same reason).
         let who = privsep::Caller {
             uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
             name,
         };
         Ok(Some((params, who)))
