@@ -467,7 +467,7 @@ approver and runs the command once it is approved:
   --key PATH               the agent key to log in with
   --agent-email EMAIL      the agent's email (default [agent] email, or the
                            comment of KEY.pub)
-Ctrl-C, SIGTERM or SIGHUP while waiting cancel the request at the IdP.
+Ctrl-C, Ctrl-\\, SIGTERM or SIGHUP while waiting cancel the request at the IdP.
 
 Options:
   -u, --user USER          run as USER (name or #UID); alias --run-as. Must be
@@ -490,8 +490,8 @@ SUDO_UID, SUDO_GID, SUDO_COMMAND are set.
 Exit status: the command's own, or 1 configuration, network or I/O error,
 2 usage error, 5 grant refused (locally or by the IdP; denied, expired or
 not approved in time), 75 request still pending, 126 cannot run or cannot
-change user, 127 command not found, 129/130/143 interrupted while waiting
-(SIGHUP/SIGINT/SIGTERM; the request was cancelled).
+change user, 127 command not found, 129/130/131/143 interrupted while waiting
+(SIGHUP/SIGINT/SIGQUIT/SIGTERM; the request was cancelled).
 
 Every run and every refusal is appended to the audit log (JSONL). See
 escapes(8) and openape.toml(5).

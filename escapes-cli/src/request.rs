@@ -6,7 +6,7 @@
 //! All of the asking and waiting happens in the unprivileged request
 //! child of `pam_openape::request`; this side only starts it, writes the
 //! `grant_requested` audit line, shows the URL and the elapsed time,
-//! turns Ctrl-C / SIGTERM / SIGHUP into a cancel at the IdP, and kills the
+//! turns Ctrl-C / Ctrl-\ / SIGTERM / SIGHUP into a cancel at the IdP, and kills the
 //! child at the deadline. The signal handler below is the one `unsafe`
 //! place of this file.
 
@@ -35,7 +35,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
     SIGNAL.store(sig, Ordering::SeqCst);
 }
 
-/// SIGINT, SIGTERM and SIGHUP recorded (not acted on) while waiting; the
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT (the terminal's Ctrl-\, which
+/// otherwise ended escapes with no line) recorded (not acted on) while
+/// waiting; the
 /// old dispositions come back on drop.
 struct Signals {
     old: Vec<(Signal, SigAction)>,
@@ -50,7 +52,12 @@ impl Signals {
             SigSet::empty(),
         );
         let mut old = Vec::new();
-        for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        for sig in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
             // SAFETY: the handler only stores to an atomic, which is
             // async-signal-safe; without SA_RESTART a wait returns early.
             if let Ok(prev) = unsafe { sigaction(sig, &handler) } {
@@ -385,6 +392,7 @@ fn interrupted(sig: i32, grant: Option<&str>, cancelled: bool) -> Denial {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",
         libc::SIGHUP => "SIGHUP",
+        libc::SIGQUIT => "SIGQUIT",
         _ => "a signal",
     };
     let what = match (grant, cancelled) {

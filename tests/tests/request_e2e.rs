@@ -269,6 +269,7 @@ fn signals_while_waiting_cancel_and_run_nothing() {
         (libc::SIGINT, 130),
         (libc::SIGTERM, 143),
         (libc::SIGHUP, 129),
+        (libc::SIGQUIT, 131),
     ] {
         let before = t.idp.grant_ids().len();
         let out = std::thread::scope(|s| {
