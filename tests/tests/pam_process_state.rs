@@ -307,3 +307,109 @@ fn approval_link_and_redirected_stdout_su() {
         approval_link_and_redirected_stdout(Host::Su);
     }
 }
+
+/// Pids whose command line starts with the words `first`.
+fn pids_with_cmdline(first: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = first
+        .iter()
+        .flat_map(|w| [w.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            cmd.starts_with(&want).then_some(pid)
+        })
+        .collect()
+}
+
+/// Ctrl-C while a request waits (SIGINT to the host, as the terminal
+/// sends it: no permission is asked). The module must cancel the request,
+/// write its `denied` line (step `request`) and refuse; the host may die of
+/// the signal only after that. sudo 1.9 holds the interrupts while it
+/// authenticates, and was the only host that got its line: su does not
+/// hold them and died at once, and sudo-rs, which does, lets them through
+/// in its conversation, where the module told the user why before it
+/// wrote the line. Both left `grant_requested` as the last word on a
+/// request that was cancelled. The module now holds the interrupts for
+/// the wait and writes the line before it says anything.
+fn interrupt_while_waiting(host: Host) {
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: /usr/bin/script (util-linux) is missing");
+        return;
+    }
+    let idp = TestIdp::start();
+    let mut ps = PamSandbox::new("pam-wait-int", &idp.issuer());
+    if let Host::Sudo(imp) = host {
+        ps.use_sudo(imp);
+    }
+    let home = ps.with_user_home();
+    let mut cfg = ps.sb.config(&idp.issuer());
+    cfg.tail = "[request]\ntimeout = 15\n".into();
+    ps.sb.write_config(&cfg.render());
+    ps.write_pam("sudo", REQUEST_OR_DENY);
+    ps.write_pam("su", REQUEST_OR_DENY);
+    ps.write_pam("su-l", SU_L);
+    ps.write_sudoers(&format!(
+        "Defaults !lecture, timestamp_timeout=0, passwd_tries=1\n{TEST_USER} ALL=(ALL:ALL) ALL\n"
+    ));
+    idp.enrol_agent_key(
+        &home,
+        openape_tests::harness::test_user(),
+        "agent@example.com",
+        None,
+    );
+    let (_, cmd) = host.command();
+    let quoted: Vec<String> = cmd
+        .iter()
+        .map(|a| openape_tests::sudo_ns::shell_quote(a))
+        .collect();
+    // script(1) gives the host a terminal.
+    let script = format!(
+        "script -qec {} /dev/null",
+        openape_tests::sudo_ns::shell_quote(&quoted.join(" "))
+    );
+    let (out, id) = std::thread::scope(|s| {
+        let h = s.spawn(|| ps.run(&["/bin/sh", "-c", &script], &[], None));
+        let id = idp.wait_for_pending(Duration::from_secs(15));
+        std::thread::sleep(Duration::from_millis(500));
+        // The host and its request child (which ignores SIGINT).
+        let pids = pids_with_cmdline(&cmd[..2]);
+        assert!(!pids.is_empty(), "{host:?}: no host process");
+        for p in &pids {
+            // SAFETY: kill with a pid read from /proc and a signal number.
+            unsafe { libc::kill(*p, libc::SIGINT) };
+        }
+        (h.join().unwrap(), id)
+    });
+    let id = id.unwrap_or_else(|| panic!("{host:?}: no request reached the IdP: {out}"));
+    let lines: Vec<Value> = ps.sb.audit_lines();
+    let last = lines.last().cloned().unwrap_or(Value::Null);
+    assert_eq!(
+        (last["event"].as_str(), last["step"].as_str()),
+        (Some("denied"), Some("request")),
+        "{host:?}: no line after the interrupt: {lines:?}\n{out}"
+    );
+    assert_eq!(last["grant_id"].as_str(), Some(id.as_str()), "{last}");
+    assert_eq!(
+        idp.grant_state(&id).map(|(st, _)| st).as_deref(),
+        Some("denied"),
+        "{host:?}: the request was not cancelled"
+    );
+    assert_eq!(idp.consume_count(&id), 0);
+}
+
+against_both_sudos!(an_interrupt_while_waiting_is_logged_sudo);
+
+fn an_interrupt_while_waiting_is_logged_sudo(imp: SudoImpl) {
+    interrupt_while_waiting(Host::Sudo(imp));
+}
+
+#[test]
+fn an_interrupt_while_waiting_is_logged_su() {
+    if require_root() {
+        interrupt_while_waiting(Host::Su);
+    }
+}

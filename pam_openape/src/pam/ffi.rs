@@ -87,6 +87,46 @@ pub fn pending_interrupt() -> Option<c_int> {
     }
 }
 
+/// The interrupts a user sends at the terminal (SIGINT, SIGQUIT, SIGTERM,
+/// SIGHUP) held for this thread while a request waits and until its grant
+/// is accepted or refused. sudo 1.9 holds them itself while it
+/// authenticates; sudo-rs and su do not, so a Ctrl-C during the wait
+/// ended them at once, with the request left with no line after
+/// `grant_requested` (the child cancelled it on its own). Held, they show
+/// up in [`pending_interrupt`]: the module cancels, writes its `denied`
+/// line and returns. Dropping it puts the old mask back, and the host then
+/// gets what arrived, after the line.
+pub struct HeldInterrupts {
+    old: Option<libc::sigset_t>,
+}
+
+impl HeldInterrupts {
+    pub fn enter() -> HeldInterrupts {
+        // SAFETY: sigset operations on locals of this frame;
+        // pthread_sigmask changes only this thread's mask and keeps the
+        // old one, which Drop puts back.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            let old = (libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) == 0).then_some(old);
+            HeldInterrupts { old }
+        }
+    }
+}
+
+impl Drop for HeldInterrupts {
+    fn drop(&mut self) {
+        if let Some(old) = self.old.take() {
+            // SAFETY: puts back this thread's mask saved by `enter`.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        }
+    }
+}
+
 /// From just before a grant is consumed until its audit line is written
 /// (and around every other audit line of the module), the host must not
 /// die or stop of anything its caller arranged. sudo 1.9, sudo-rs and su

@@ -361,13 +361,13 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
         || other_service_allowed(&args, &service).is_ok();
     // In request mode a missing grant is asked for at the IdP before any
     // prompt; the prompt stays the fallback for a caller without identity.
-    let token = match find_grant(pamh, &args, served && !args.request) {
-        Some(t) => t,
+    let (token, held) = match find_grant(pamh, &args, served && !args.request) {
+        Some(t) => (t, None),
         None if served && args.request => {
             match request::grant(pamh, &args, &service, flags, request::Phase::Auth) {
-                request::Outcome::Token(t) => t,
+                request::Outcome::Token(t, held) => (t, Some(held)),
                 request::Outcome::Skip => match find_grant(pamh, &args, true) {
-                    Some(t) => t,
+                    Some(t) => (t, None),
                     None => return PamResultCode::PAM_IGNORE,
                 },
                 request::Outcome::Done(code) => return code,
@@ -375,18 +375,24 @@ fn authenticate(pamh: &mut PamHandle, raw: &[&CStr], flags: PamFlag) -> PamResul
         }
         None => return PamResultCode::PAM_IGNORE,
     };
-    accept(pamh, &args, &service, flags, &token)
+    let code = accept(pamh, &args, &service, flags, &token, held.is_some());
+    // A requested grant's interrupts reach the host after its line.
+    drop(held);
+    code
 }
 
 /// Verify `token` for what this host is about to do, consume it, log it
 /// and remember it in the handle. The one place both a presented and a
-/// requested grant go through.
+/// requested grant go through. For a `requested` grant an interrupt held
+/// since the wait (the user gave up as the approver said yes) refuses the
+/// consume: nothing is spent.
 fn accept(
     pamh: &mut PamHandle,
     args: &Args,
     service: &str,
     flags: PamFlag,
     token: &str,
+    requested: bool,
 ) -> PamResultCode {
     let (cfg, audit) = match load(pamh, args) {
         Ok(x) => x,
@@ -443,6 +449,13 @@ fn accept(
             ..rec.clone()
         })?;
         critical = Some(ffi::Critical::enter());
+        if requested && let Some(sig) = ffi::pending_interrupt() {
+            return Err(Denial::new(
+                Step::Request,
+                Kind::Interrupted(sig),
+                "interrupted after the approval; the grant is left unused; nothing ran",
+            ));
+        }
         let approved = verify::consume(verified, token, &cfg, &client, now_unix())?;
         Ok((approved, target, argv))
     })();
@@ -558,10 +571,10 @@ fn account(pamh: &mut PamHandle, raw: &[&CStr]) -> PamResultCode {
             // the environment, or with `request` one asked for now, is
             // verified and consumed here, for exactly this argv.
             let token = match find_grant(pamh, &args, false) {
-                Some(t) => Some(t),
+                Some(t) => Some((t, None)),
                 None if args.request => {
                     match request::grant(pamh, &args, &service, 0, request::Phase::Account) {
-                        request::Outcome::Token(t) => Some(t),
+                        request::Outcome::Token(t, held) => Some((t, Some(held))),
                         request::Outcome::Skip => None,
                         request::Outcome::Done(_) => return PamResultCode::PAM_PERM_DENIED,
                     }
@@ -569,8 +582,10 @@ fn account(pamh: &mut PamHandle, raw: &[&CStr]) -> PamResultCode {
                 None => None,
             };
             match token {
-                Some(t) => {
-                    return match accept(pamh, &args, &service, 0, &t) {
+                Some((t, held)) => {
+                    let code = accept(pamh, &args, &service, 0, &t, held.is_some());
+                    drop(held);
+                    return match code {
                         PamResultCode::PAM_SUCCESS => PamResultCode::PAM_SUCCESS,
                         _ => PamResultCode::PAM_PERM_DENIED,
                     };

@@ -27,8 +27,9 @@ use crate::request::{self as core, Event, Params, privsep};
 
 /// What request mode came to.
 pub enum Outcome {
-    /// An approved grant's JWT: verify and consume it.
-    Token(String),
+    /// An approved grant's JWT: verify and consume it, with the
+    /// interrupts still held (drop it once the grant's line is written).
+    Token(String, ffi::HeldInterrupts),
     /// Request mode does not apply (no identity, no command, request mode
     /// off in the config): go on as without `request`.
     Skip,
@@ -153,6 +154,10 @@ pub fn grant(
         Ok(None) => return Outcome::Skip,
         Err(d) => return Outcome::Done(refuse(pamh, &audit, rec, flags, &d)),
     };
+    // From here a Ctrl-C (or SIGTERM, SIGHUP) is seen by the loop below
+    // whatever the host does with it, and reaches the host only after the
+    // line for the outcome.
+    let held = ffi::HeldInterrupts::enter();
     let wait = params.wait;
     let limit = wait + cfg.http_timeout * 5 + Duration::from_secs(2);
     let client = match Client::new(cfg.http_timeout, cfg.ca_bundle.as_deref(), super::ROOT) {
@@ -261,7 +266,7 @@ pub fn grant(
                         "interrupted; the grant was approved as the interrupt came and is left unused; nothing ran",
                     );
                 }
-                return Outcome::Token(jwt);
+                return Outcome::Token(jwt, held);
             }
             Event::Pending => {
                 break Denial::refused(Step::Request, "the request is still pending");
@@ -289,6 +294,10 @@ pub fn grant(
         }
     };
     rec.grant_id = grant_id;
+    // The line first: the host's conversation may let a held interrupt
+    // through (sudo-rs unblocks signals around it), and the host may die
+    // of it there.
+    let code = refuse(pamh, &audit, rec, flags, &failed);
     if flags & PAM_SILENT != 0 {
         // refuse() stays quiet under PAM_SILENT; the user who was shown a
         // URL must still learn why nothing happens.
@@ -298,5 +307,5 @@ pub fn grant(
             &format!("OpenApe: {}", crate::error::sanitize(&failed.reason, 300)),
         );
     }
-    Outcome::Done(refuse(pamh, &audit, rec, flags, &failed))
+    Outcome::Done(code)
 }
