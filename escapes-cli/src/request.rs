@@ -6,9 +6,9 @@
 //! All of the asking and waiting happens in the unprivileged request
 //! child of `pam_openape::request`; this side only starts it, writes the
 //! `grant_requested` audit line, shows the URL and the elapsed time,
-//! turns Ctrl-C / Ctrl-\ / SIGTERM / SIGHUP into a cancel at the IdP, and kills the
-//! child at the deadline. The signal handler below is the one `unsafe`
-//! place of this file.
+//! turns Ctrl-C / Ctrl-\ / SIGTERM / SIGHUP into a cancel at the IdP, and
+//! kills the child at the deadline. The signal handler below is the one
+//! `unsafe` place of this file.
 
 use std::ffi::OsString;
 use std::io::{IsTerminal as _, Write as _};
@@ -37,8 +37,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 /// SIGINT, SIGTERM, SIGHUP and SIGQUIT (the terminal's Ctrl-\, which
 /// otherwise ended escapes with no line) recorded (not acted on) while
-/// waiting; the
-/// old dispositions come back on drop.
+/// waiting; the old dispositions come back on drop.
 struct Signals {
     old: Vec<(Signal, SigAction)>,
 }
