@@ -897,6 +897,61 @@ fn update_refuses_garbage() {
     w.assert_untouched(&before, &out);
 }
 
+/// What a terminal could act on: a control character other than the
+/// newline that ends a line, or a bidi control that reorders the text.
+fn terminal_active(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A manifest server's binary url reaches root's terminal only escaped.
+/// It was echoed raw in the refusal ("the manifest's binary url <url>
+/// must start with https://"): an OSC that sets the window title, a
+/// screen clear and a CR overwriting the line with a fake "updated"; and
+/// a same-origin url with a bidi override passed the URL rule and was
+/// printed as the available release. Now a URL is printable ASCII only
+/// and a refused one is shown escaped.
+#[test]
+fn update_shows_a_hostile_manifest_url_only_escaped() {
+    let Some(w) = setup("update-manifest-url-bytes") else {
+        return;
+    };
+    let mut c = w.sb.config(&w.idp.issuer());
+    c.tail = String::new();
+    w.sb.write_config(&c.render());
+    let before = snap(&w.sb.escapes());
+    let bin_url = w.idp.release_bin_url();
+    let sha = sha256_hex(b"");
+    let fake = "\u{1b}]0;root@host\u{7}\u{1b}[2J\u{1b}[1;32mupdated: 99.0.0\u{1b}[0m\r";
+    for (url, why) in [
+        (format!("{fake}{bin_url}"), "must start with https://"),
+        (
+            format!("{}{fake}", bin_url.replace("127.0.0.1", "example.com")),
+            "must use https",
+        ),
+        (format!("{bin_url}/{fake}"), "not a plain https URL"),
+        (
+            format!("{bin_url}/\u{202e}exe.hsilbup"),
+            "not a plain https URL",
+        ),
+        (format!("{bin_url}/\u{85}x"), "not a plain https URL"),
+    ] {
+        w.idp
+            .set_release(&manifest("99.0.0", &url, &sha), Vec::new());
+        let out = w.update_from_idp(&[]);
+        assert_eq!(out.code, 1, "{url:?}: {out}");
+        assert!(out.stderr.contains(why), "{url:?}: {out}");
+        for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                !text.chars().any(terminal_active),
+                "{url:?}: raw control or bidi character on {name}: {text:?}"
+            );
+        }
+        w.assert_untouched(&before, &out);
+    }
+    assert_eq!(w.idp.request_count("/_test/release/bin"), 0);
+}
+
 /// The setuid binary run by a user is refused before any request: exit
 /// 1, old binary untouched, the release server not contacted.
 #[test]
