@@ -29,7 +29,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pam_openape::config::{Config, DEFAULT_CONFIG_PATH, url_ok, url_origin};
+use pam_openape::config::{
+    Config, DEFAULT_CONFIG_PATH, unprivileged_loopback_port, url_ok, url_origin,
+};
 use pam_openape::http::Client;
 use pam_openape::trust;
 
@@ -46,6 +48,7 @@ const OURS: &str = env!("CARGO_PKG_VERSION");
 
 pub const HELP: &str = "\
 Usage: escapes update [--config PATH] [--manifest-url URL] [--check] [--force]
+                      [--allow-unprivileged-loopback]
        escapes --update
 
 Replace this escapes binary with the release named by the manifest at
@@ -55,6 +58,11 @@ Replace this escapes binary with the release named by the manifest at
   --force              install even if the version is the same or older
   --manifest-url URL   use this manifest instead of the configured one
   --config PATH        configuration to read (default /etc/openape/config.toml)
+  --allow-unprivileged-loopback
+                       accept a manifest on plain http at a loopback port
+                       >= 1024 (any local user can bind such a port and
+                       would choose the binary: tests and demos only; also
+                       [security] allow_unprivileged_loopback = true)
 
 The manifest is JSON: {\"version\": \"0.5.1\", \"url\": \"https://.../escapes\",
 \"sha256\": \"<64 hex>\"}; the binary must be on the manifest's origin. The
@@ -70,6 +78,7 @@ struct Opts {
     manifest_url: Option<String>,
     check: bool,
     force: bool,
+    unprivileged_loopback: bool,
     help: bool,
 }
 
@@ -84,6 +93,7 @@ fn parse(args: &[OsString]) -> Result<Opts, String> {
             }
             ("--check", None) => o.check = true,
             ("--force", None) => o.force = true,
+            ("--allow-unprivileged-loopback", None) => o.unprivileged_loopback = true,
             ("-h" | "--help", None) => o.help = true,
             (other, _) => return Err(format!("unknown argument {other}")),
         }
@@ -228,6 +238,17 @@ fn update(o: &Opts) -> Result<(), String> {
             ));
         }
     };
+    // Plain http on a loopback port >= 1024 is whoever binds it first,
+    // and what they serve would become the setuid-root binary (the binary
+    // url is on the manifest's origin, so this covers both).
+    if let Some(port) = unprivileged_loopback_port(&url)
+        && !o.unprivileged_loopback
+        && !cfg.as_ref().is_some_and(|c| c.allow_unprivileged_loopback)
+    {
+        return Err(format!(
+            "the manifest {url} is plain http on port {port}, which any local user can bind (and so choose the setuid-root binary); use https or a port below 1024, or add --allow-unprivileged-loopback (tests and demos only); nothing changed"
+        ));
+    }
     let timeout = cfg.as_ref().map_or(DEFAULT_TIMEOUT, |c| c.http_timeout);
     let ca = cfg.as_ref().and_then(|c| c.ca_bundle.clone());
     let client = Client::new(timeout, ca.as_deref(), ROOT).map_err(|d| d.reason)?;
@@ -516,6 +537,11 @@ mod tests {
                 ..Opts::default()
             })
         );
+        assert_eq!(
+            parse(&a(&["--allow-unprivileged-loopback"])).map(|o| o.unprivileged_loopback),
+            Ok(true)
+        );
+        assert!(parse(&a(&["--allow-unprivileged-loopback=yes"])).is_err());
         assert!(parse(&a(&["--manifest-url"])).is_err());
         assert!(parse(&a(&["--check=1"])).is_err());
         assert!(parse(&a(&["now"])).is_err());

@@ -952,6 +952,48 @@ fn update_shows_a_hostile_manifest_url_only_escaped() {
     assert_eq!(w.idp.request_count("/_test/release/bin"), 0);
 }
 
+/// A manifest on plain http at a loopback port at or above 1024 is served
+/// by whoever binds that port first (any local user, while the real
+/// service is down or before it starts), and its binary becomes the
+/// setuid-root escapes. Like an issuer there, it is refused unless the
+/// config says `allow_unprivileged_loopback = true` or the command line
+/// `--allow-unprivileged-loopback`. Here the config names an https issuer
+/// (so it needs no such flag) and the test IdP's release routes play the
+/// server on an unprivileged port.
+#[test]
+fn update_refuses_an_unprivileged_loopback_manifest_without_a_yes() {
+    let Some(w) = setup("update-unpriv-loopback") else {
+        return;
+    };
+    let manifest_url = w.idp.release_manifest_url();
+    let cfg = format!(
+        "host = \"{HOST}\"\naudit_log = \"{}\"\n[security]\nallowed_issuers = [\"https://id.example.com\"]\nallowed_approvers = [\"{APPROVER}\"]\n[update]\nmanifest_url = \"{manifest_url}\"\n",
+        w.sb.audit_path().display()
+    );
+    w.sb.write_config(&cfg);
+    let new = small_release();
+    w.idp.set_release(
+        &manifest("99.0.0", &w.idp.release_bin_url(), &sha256_hex(&new)),
+        new.clone(),
+    );
+    let before = snap(&w.sb.escapes());
+    // From the config, and the same URL from the command line.
+    for args in [vec![], vec!["--manifest-url", manifest_url.as_str()]] {
+        let out = w.update(&args);
+        assert_eq!(out.code, 1, "{args:?}: {out}");
+        assert!(
+            out.stderr.contains("allow-unprivileged-loopback"),
+            "{args:?}: {out}"
+        );
+        w.assert_untouched(&before, &out);
+    }
+    assert_eq!(w.idp.requests().len(), 0, "{:?}", w.idp.requests());
+    // The explicit yes on the command line installs it.
+    let out = w.update(&["--allow-unprivileged-loopback"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(snap(&w.sb.escapes()).bytes == new, "{out}");
+}
+
 /// The setuid binary run by a user is refused before any request: exit
 /// 1, old binary untouched, the release server not contacted.
 #[test]
