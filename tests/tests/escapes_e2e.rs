@@ -1347,6 +1347,33 @@ fn a_refused_command_line_cannot_flood_the_audit_log() {
     assert_eq!(line["cmd_hash"], hash.as_str(), "{line}");
 }
 
+/// A caller with no grant at all puts its argv into root's log. The C1
+/// control U+009B is CSI on the Linux console (UTF-8 mode included), and
+/// serde_json wrote it raw: `cat audit.log` on the console ran the
+/// caller's escape sequence (clear screen, move the cursor to redraw
+/// earlier lines). Every control character is escaped now.
+#[test]
+fn a_refused_command_puts_no_raw_control_character_into_the_log() {
+    let Some(t) = setup("audit-c1") else {
+        return;
+    };
+    let arg = "x\u{9b}2J\u{9b}H\u{9b}8m\u{7f}\u{85}";
+    let out = t.sb.run_as_user(
+        &["--grant", "not-a-grant", "--", "/bin/echo", arg],
+        &[],
+        None,
+    );
+    assert_eq!(out.code, 5, "{out}");
+    let text = std::fs::read_to_string(t.sb.audit_path()).unwrap();
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control character in the log: {text:?}"
+    );
+    let line = t.sb.last_audit();
+    assert_eq!(line["event"], "denied", "{line}");
+    assert_eq!(line["command"], json!(["/bin/echo", arg]), "{line}");
+}
+
 /// A missing JWKS cache directory is made by root on any caller's run,
 /// and was made (with every missing directory above it) before the chain
 /// was checked: below a directory another user may write, that user could
