@@ -1347,6 +1347,39 @@ fn a_refused_command_line_cannot_flood_the_audit_log() {
     assert_eq!(line["cmd_hash"], hash.as_str(), "{line}");
 }
 
+/// A grant's `run_as` is chosen by whoever requested it (an agent, in the
+/// request body) and signed as is. When that user does not exist here the
+/// refusal quoted it raw, so an approved grant put the requester's escape
+/// sequences on the terminal of whoever ran or dry-ran it: root checking
+/// an agent's grant with `escapes verify` (README) got its window title
+/// set and its screen cleared. It is shown escaped, like every other claim.
+#[test]
+fn a_grants_unknown_run_as_reaches_the_terminal_only_escaped() {
+    let Some(t) = setup("run-as-bytes") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = t.spec(&argv);
+    spec.run_as = Some("nosuch\u{1b}]0;root@host\u{7}\u{1b}[2J\u{9b}H\r".into());
+    let g = t.idp.issue(&spec);
+    let mut verify = vec!["verify".to_string(), "--grant-stdin".into(), "--".into()];
+    verify.extend(argv.iter().cloned());
+    let dry = t.sb.escapes_run(&verify).stdin(g.jwt.as_bytes()).output();
+    let run = t.run(&g.jwt, &[], &argv);
+    for out in [dry, run] {
+        assert_eq!(out.code, 1, "{out}");
+        assert!(out.stderr.contains("does not exist here"), "{out}");
+        for text in [&out.stdout, &out.stderr] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "raw control character: {text:?}"
+            );
+        }
+    }
+    assert!(!t.sb.marker_exists("m"));
+    t.assert_not_consumed(&g);
+}
+
 /// A caller with no grant at all puts its argv into root's log. The C1
 /// control U+009B is CSI on the Linux console (UTF-8 mode included), and
 /// serde_json wrote it raw: `cat audit.log` on the console ran the
