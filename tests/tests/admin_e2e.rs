@@ -994,6 +994,78 @@ fn update_refuses_an_unprivileged_loopback_manifest_without_a_yes() {
     assert!(snap(&w.sb.escapes()).bytes == new, "{out}");
 }
 
+/// `install.sh` (run by root, it installs whatever the release server
+/// sends: SHA256SUMS comes from the same server) allowed plain http "only
+/// to loopback" by matching a prefix: `http://127.0.0.1@host/` (userinfo),
+/// `http://127.host.example/` and `http://localhost:80@host/` went to a
+/// remote host over plain http, where anyone on the path chooses the
+/// setuid binary. The whole authority is checked now, and a loopback port
+/// of 1024 or above (any local user's to bind) needs
+/// `--allow-unprivileged-loopback`. A stand-in `curl` first on PATH
+/// records any download attempt.
+#[test]
+fn install_sh_allows_plain_http_to_loopback_only() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let dir = std::env::temp_dir().join(format!("openape-install-sh-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    let curl = dir.join("bin/curl");
+    fs::write(
+        &curl,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}/fetched\nexit 22\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&curl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = |args: &[&str]| {
+        let _ = fs::remove_file(dir.join("fetched"));
+        let out = Command::new("sh")
+            .arg(&script)
+            .args(args)
+            .arg("--destdir")
+            .arg(dir.join("dest"))
+            .env("PATH", format!("{}:{SANE_PATH}", dir.join("bin").display()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.code(), text, dir.join("fetched").exists())
+    };
+    for url in [
+        "http://127.0.0.1@example.invalid/rel",
+        "http://localhost:80@example.invalid/rel",
+        "http://[::1]@example.invalid/rel",
+        "http://127.example.invalid/rel",
+        "http://127.0.0.1?@example.invalid/rel",
+        "http://127.0.0.1:8000/rel",
+    ] {
+        let (code, text, fetched) = run(&["--base-url", url]);
+        assert_ne!(code, Some(0), "{url}: {text}");
+        assert!(text.contains("refusing"), "{url}: {text}");
+        assert!(!fetched, "{url}: curl was run: {text}");
+    }
+    // Loopback on a privileged port, and an unprivileged one with the
+    // explicit yes, are fetched (the stand-in curl then fails).
+    for args in [
+        vec!["--base-url", "http://127.0.0.1/rel"],
+        vec!["--base-url", "http://[::1]:80/rel"],
+        vec!["--base-url", "http://localhost/rel"],
+        vec![
+            "--allow-unprivileged-loopback",
+            "--base-url",
+            "http://127.0.0.1:8000/rel",
+        ],
+    ] {
+        let (code, text, fetched) = run(&args);
+        assert_ne!(code, Some(0), "{args:?}: {text}");
+        assert!(fetched, "{args:?}: not fetched: {text}");
+    }
+    assert!(!dir.join("dest").exists());
+    let _ = fs::remove_dir_all(&dir);
+}
+
 /// The setuid binary run by a user is refused before any request: exit
 /// 1, old binary untouched, the release server not contacted.
 #[test]
