@@ -691,6 +691,29 @@ fn update_replaces_the_running_copy_keeping_setuid_root() {
     );
 }
 
+/// An admin who narrowed who may run the setuid binary (mode 4750, a
+/// group of its own: README, "To let only one group run escapes") keeps
+/// that across `escapes update`: the new binary takes the old one's group
+/// and permission bits (never a write bit for group or others). It was
+/// made root:root 4755, so every local user could run it again.
+#[test]
+fn update_keeps_the_installed_group_and_mode() {
+    let Some(w) = setup("update-keeps-mode") else {
+        return;
+    };
+    let new = small_release();
+    w.release("99.0.0", new.clone(), "");
+    let bin = w.sb.escapes();
+    let gid = test_user().gid;
+    std::os::unix::fs::chown(&bin, Some(0), Some(gid)).unwrap();
+    fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o4750)).unwrap();
+    let out = w.update_from_idp(&[]);
+    assert_eq!(out.code, 0, "{out}");
+    let now = snap(&bin);
+    assert!(now.bytes == new, "the binary is not the release: {out}");
+    assert_eq!((now.mode, now.uid, now.gid), (0o4750, 0, gid), "{out}");
+}
+
 /// `[update] manifest_url` in the config; `--check` only reports (the
 /// binary is not even downloaded); then the real update; the old
 /// `escapes --update` spelling is the same command.
