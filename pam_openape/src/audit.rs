@@ -136,13 +136,15 @@ fn json_len(c: char) -> usize {
     }
 }
 
-/// Control characters serde_json leaves raw in a string: DEL and the C1
-/// controls U+0080–U+009F. U+009B is CSI: the Linux console (in UTF-8
-/// mode too) starts an escape sequence with it as with `ESC [`, so a
-/// caller's argv could clear or redraw root's screen when the log is
-/// read with cat or tail. They are written `\u00XX`, like C0.
+/// What serde_json leaves raw in a string but a terminal acts on: DEL and
+/// the C1 controls U+0080–U+009F (U+009B is CSI: the Linux console, in
+/// UTF-8 mode too, starts an escape sequence with it as with `ESC [`, so
+/// a caller's argv could clear or redraw root's screen when the log is
+/// read with cat or tail), the bidi controls and the line separators
+/// ([`crate::error::is_terminal_active`]). They are written `\uXXXX`,
+/// like C0.
 fn escaped_raw_control(c: char) -> bool {
-    matches!(u32::from(c), 0x7f..=0x9f)
+    u32::from(c) >= 0x7f && crate::error::is_terminal_active(c)
 }
 
 /// serde_json's compact output with [`escaped_raw_control`] characters
@@ -482,7 +484,8 @@ mod tests {
         let Some((_t, p, log)) = fresh_log("audit-c1") else {
             return;
         };
-        let hostile = "id\u{9b}2J\u{9b}1;1H\u{7f}\u{85}\u{9d}0;t\u{9c}\u{80}é\u{a0}";
+        let hostile =
+            "id\u{9b}2J\u{9b}1;1H\u{7f}\u{85}\u{9d}0;t\u{9c}\u{80}é\u{a0}\u{202e}x\u{2028}";
         let rec = Record {
             event: "denied",
             command: vec![hostile.into()],
@@ -495,7 +498,7 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap_or_default();
         let line = text.strip_suffix('\n').unwrap_or_default();
         assert!(
-            !line.chars().any(char::is_control),
+            !line.chars().any(crate::error::is_terminal_active),
             "raw control character in {line:?}"
         );
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
@@ -506,6 +509,7 @@ mod tests {
         assert_eq!(json_len('\u{9b}'), to_line_len("\u{9b}"));
         assert_eq!(json_len('\u{7f}'), to_line_len("\u{7f}"));
         assert_eq!(json_len('\u{a0}'), to_line_len("\u{a0}"));
+        assert_eq!(json_len('\u{202e}'), to_line_len("\u{202e}"));
     }
 
     /// Bytes `s` takes inside a JSON string as written to the log.
