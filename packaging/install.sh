@@ -6,6 +6,7 @@
 #   curl -sSfL https://github.com/openape-ai/escapes/releases/latest/download/install.sh | sudo sh
 #   sudo sh install.sh [--base-url URL|DIR] [--version VER] [--sha256 HEX]
 #                      [--prefix DIR] [--destdir DIR]
+#                      [--allow-unprivileged-loopback]
 #
 # --base-url  where the release files are: https://... (http only to a
 #             loopback address), file:///dir, or a local directory. Default
@@ -18,6 +19,10 @@
 #             (which comes from the same server as the tarball, so it alone
 #             protects against corruption, not against a compromised server).
 # --prefix    install prefix (default /usr/local); --destdir stages into DIR.
+# --allow-unprivileged-loopback
+#             accept http://127.0.0.1:PORT (or localhost, [::1]) with PORT
+#             1024 or above: any local user can bind such a port and would
+#             choose what root installs (tests and demos only).
 #
 # Then it installs like `make install` (packaging/install-files.sh from the
 # verified tarball): escapes root:root 4755, pam_openape.so in the PAM module
@@ -30,6 +35,7 @@ VERSION=
 PIN=
 PREFIX=${PREFIX:-/usr/local}
 DESTDIR=${DESTDIR:-}
+UNPRIV_LOOPBACK=
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
@@ -46,7 +52,8 @@ while [ $# -gt 0 ]; do
 	--prefix=*) PREFIX=${1#*=}; shift ;;
 	--destdir) DESTDIR=${2:?--destdir needs a value}; shift 2 ;;
 	--destdir=*) DESTDIR=${1#*=}; shift ;;
-	-h|--help) sed -n '2,26p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--allow-unprivileged-loopback) UNPRIV_LOOPBACK=1; shift ;;
+	-h|--help) sed -n '2,30p' "$0" 2>/dev/null | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument $1 (see --help)" ;;
 	esac
 done
@@ -70,11 +77,35 @@ if [ -n "$VERSION" ]; then
 	printf '%s' "$VERSION" | grep -Eq '^[0-9A-Za-z.+~-]+$' || die "--version $VERSION is not a version"
 fi
 
+# http:// only to a loopback address: the whole authority (up to the first
+# "/") must be 127.N.N.N, localhost or [::1], with an optional numeric port,
+# and nothing else (no userinfo: "http://127.0.0.1@host/" goes to host; no
+# "127.host.example" name). A port of 1024 or above is any local user's to
+# bind first, so it needs --allow-unprivileged-loopback.
+http_loopback() { # url
+	auth=${1#http://}
+	auth=${auth%%/*}
+	case $auth in
+	\[::1\]) host='[::1]' port= ;;
+	\[::1\]:*) host='[::1]' port=${auth#\[::1\]:} ;;
+	*:*) host=${auth%%:*} port=${auth#*:} ;;
+	*) host=$auth port= ;;
+	esac
+	[ "$host" = '[::1]' ] || printf '%s\n' "$host" | grep -Eqx 'localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}' || return 1
+	[ -z "$port" ] || printf '%s\n' "$port" | grep -Eqx '[0-9]{1,5}' || return 1
+	if [ -n "$port" ] && [ "$port" -ge 1024 ] && [ -z "$UNPRIV_LOOPBACK" ]; then
+		die "refusing $1: plain http on port $port, which any local user can bind (and so choose what is installed); use https, a port below 1024 or a local directory, or add --allow-unprivileged-loopback (tests and demos only)"
+	fi
+	return 0
+}
+
 # Where from: a directory, file://, https://, or http:// to loopback only.
 case $BASE_URL in
 https://*) MODE="curl" ;;
-http://127.*|http://localhost[:/]*|http://localhost|http://\[::1\]*) MODE="curl" ;;
-http://*) die "refusing plain http to $BASE_URL: use https (or a local directory)" ;;
+http://*)
+	http_loopback "$BASE_URL" || die "refusing plain http to $BASE_URL: use https (or a local directory); http is allowed only to 127.0.0.1, localhost or [::1]"
+	MODE="curl"
+	;;
 file://*) MODE="file"; BASE_DIR=${BASE_URL#file://} ;;
 *://*) die "unsupported URL $BASE_URL" ;;
 *) MODE="file"; BASE_DIR=$BASE_URL ;;

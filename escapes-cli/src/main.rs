@@ -498,7 +498,12 @@ fn target_user(v: &Verified, requested: Option<User>) -> Result<User, Denial> {
             Denial::new(
                 Step::TargetUser,
                 Kind::Io,
-                format!("the grant's user {run_as} does not exist here"),
+                // The requester chose this name and the IdP signed it as
+                // is: shown escaped, like every other claim.
+                format!(
+                    "the grant's user {} does not exist here",
+                    pam_openape::error::sanitize(run_as, 64)
+                ),
             )
         })
 }

@@ -1,6 +1,6 @@
 //! `escapes update` (and the old `escapes --update`): replace the running
 //! binary with the release a manifest names, checksum-verified and
-//! atomically, keeping owner root and mode 4755.
+//! atomically, keeping owner root and the installed group and mode.
 //!
 //! The manifest (JSON, at most 1 MiB, from `[update] manifest_url` or
 //! `--manifest-url`):
@@ -18,9 +18,11 @@
 //! the binary. The binary (at most 64 MiB, 5 minutes) is streamed into a
 //! temp file next to the running binary (`/proc/self/exe`), created 0700
 //! root with `O_EXCL`; after the checksum and an ELF header check (same
-//! class, byte order and machine as the running binary) it becomes
-//! root:root 4755, is fsynced and renamed over the running binary, and
-//! the directory is fsynced. Until that rename nothing touches the old
+//! class, byte order and machine as the running binary) it gets the
+//! running binary's group and permission bits (owner root, never a write
+//! bit for group or others: an installed 4750 root:openape stays so; a
+//! plain install is 4755 root:root), is fsynced and renamed over the
+//! running binary, and the directory is fsynced. Until that rename nothing touches the old
 //! binary; on any failure the temp file is removed.
 
 use std::ffi::OsString;
@@ -29,7 +31,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pam_openape::config::{Config, DEFAULT_CONFIG_PATH, url_ok, url_origin};
+use pam_openape::config::{
+    Config, DEFAULT_CONFIG_PATH, unprivileged_loopback_port, url_ok, url_origin,
+};
 use pam_openape::http::Client;
 use pam_openape::trust;
 
@@ -46,6 +50,7 @@ const OURS: &str = env!("CARGO_PKG_VERSION");
 
 pub const HELP: &str = "\
 Usage: escapes update [--config PATH] [--manifest-url URL] [--check] [--force]
+                      [--allow-unprivileged-loopback]
        escapes --update
 
 Replace this escapes binary with the release named by the manifest at
@@ -55,13 +60,19 @@ Replace this escapes binary with the release named by the manifest at
   --force              install even if the version is the same or older
   --manifest-url URL   use this manifest instead of the configured one
   --config PATH        configuration to read (default /etc/openape/config.toml)
+  --allow-unprivileged-loopback
+                       accept a manifest on plain http at a loopback port
+                       >= 1024 (any local user can bind such a port and
+                       would choose the binary: tests and demos only; also
+                       [security] allow_unprivileged_loopback = true)
 
 The manifest is JSON: {\"version\": \"0.5.1\", \"url\": \"https://.../escapes\",
 \"sha256\": \"<64 hex>\"}; the binary must be on the manifest's origin. The
 download is checked against sha256 before anything changes; the running
-binary is then replaced atomically (owner root, mode 4755). On any failure
-the installed binary is left as it was. Exit status: 0 updated, up to date
-or checked, 1 error (nothing changed), 2 usage error.
+binary is then replaced atomically (owner root; group and mode as installed,
+e.g. 4755 or 4750). On any failure the installed binary is left as it was.
+Exit status: 0 updated, up to date or checked, 1 error (nothing changed),
+2 usage error.
 ";
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -70,6 +81,7 @@ struct Opts {
     manifest_url: Option<String>,
     check: bool,
     force: bool,
+    unprivileged_loopback: bool,
     help: bool,
 }
 
@@ -84,6 +96,7 @@ fn parse(args: &[OsString]) -> Result<Opts, String> {
             }
             ("--check", None) => o.check = true,
             ("--force", None) => o.force = true,
+            ("--allow-unprivileged-loopback", None) => o.unprivileged_loopback = true,
             ("-h" | "--help", None) => o.help = true,
             (other, _) => return Err(format!("unknown argument {other}")),
         }
@@ -228,6 +241,17 @@ fn update(o: &Opts) -> Result<(), String> {
             ));
         }
     };
+    // Plain http on a loopback port >= 1024 is whoever binds it first,
+    // and what they serve would become the setuid-root binary (the binary
+    // url is on the manifest's origin, so this covers both).
+    if let Some(port) = unprivileged_loopback_port(&url)
+        && !o.unprivileged_loopback
+        && !cfg.as_ref().is_some_and(|c| c.allow_unprivileged_loopback)
+    {
+        return Err(format!(
+            "the manifest {url} is plain http on port {port}, which any local user can bind (and so choose the setuid-root binary); use https or a port below 1024, or add --allow-unprivileged-loopback (tests and demos only); nothing changed"
+        ));
+    }
     let timeout = cfg.as_ref().map_or(DEFAULT_TIMEOUT, |c| c.http_timeout);
     let ca = cfg.as_ref().and_then(|c| c.ca_bundle.clone());
     let client = Client::new(timeout, ca.as_deref(), ROOT).map_err(|d| d.reason)?;
@@ -270,14 +294,14 @@ fn update(o: &Opts) -> Result<(), String> {
             m.version
         ));
     }
-    let target = running_binary()?;
+    let (target, installed) = running_binary()?;
     if let Some(pkg) = dpkg_owner(&target) {
         return Err(format!(
             "{} belongs to the package {pkg}: upgrade the package instead (apt install ./openape-escapes_<version>_amd64.deb); replacing it here would leave dpkg's record stale",
             target.display()
         ));
     }
-    install(&client, &m, &target)?;
+    install(&client, &m, &target, installed)?;
     crate::sys::syslog_change(&format!(
         "{} updated from {OURS} to {} (sha256 {})",
         target.display(),
@@ -312,8 +336,18 @@ fn dpkg_owner(path: &std::path::Path) -> Option<String> {
     None
 }
 
-/// The running binary's real path, in a directory only root can write.
-fn running_binary() -> Result<PathBuf, String> {
+/// Group and permission bits the new binary takes over from the old.
+#[derive(Clone, Copy, Debug)]
+struct Installed {
+    gid: u32,
+    /// `mode & 0o4755`: the setuid bit and read/execute bits as the admin
+    /// left them, never a write bit for group or others.
+    mode: u32,
+}
+
+/// The running binary's real path, in a directory only root can write,
+/// and the group and mode it is installed with.
+fn running_binary() -> Result<(PathBuf, Installed), String> {
     let exe = std::fs::read_link("/proc/self/exe")
         .map_err(|e| format!("cannot find the running binary: {e}"))?;
     if !exe.is_absolute() || exe.as_os_str().to_string_lossy().ends_with(" (deleted)") {
@@ -335,7 +369,11 @@ fn running_binary() -> Result<PathBuf, String> {
             exe.display()
         ));
     }
-    Ok(exe)
+    let installed = Installed {
+        gid: meta.gid(),
+        mode: meta.mode() & 0o4755,
+    };
+    Ok((exe, installed))
 }
 
 /// Class, byte order and machine from an ELF header (`None`: not ELF).
@@ -374,7 +412,12 @@ fn head_of(r: &mut impl Read) -> Vec<u8> {
     head
 }
 
-fn install(client: &Client, m: &Manifest, target: &Path) -> Result<(), String> {
+fn install(
+    client: &Client,
+    m: &Manifest,
+    target: &Path,
+    installed: Installed,
+) -> Result<(), String> {
     let dir = target
         .parent()
         .ok_or_else(|| format!("{} has no directory", target.display()))?;
@@ -410,10 +453,12 @@ fn install(client: &Client, m: &Manifest, target: &Path) -> Result<(), String> {
         }
         _ => {}
     }
-    // chown first (it clears set-id bits), then the mode.
-    std::os::unix::fs::fchown(&*f, Some(ROOT), Some(ROOT))
+    // chown first (it clears set-id bits), then the mode: the group and
+    // mode the admin gave the installed binary (e.g. 4750 for one group
+    // only) are kept, never widened.
+    std::os::unix::fs::fchown(&*f, Some(ROOT), Some(installed.gid))
         .map_err(|e| format!("cannot chown the new binary: {e}"))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o4755))
+    f.set_permissions(std::fs::Permissions::from_mode(installed.mode))
         .map_err(|e| format!("cannot chmod the new binary: {e}"))?;
     let durable = tmp
         .commit(target)
@@ -516,6 +561,11 @@ mod tests {
                 ..Opts::default()
             })
         );
+        assert_eq!(
+            parse(&a(&["--allow-unprivileged-loopback"])).map(|o| o.unprivileged_loopback),
+            Ok(true)
+        );
+        assert!(parse(&a(&["--allow-unprivileged-loopback=yes"])).is_err());
         assert!(parse(&a(&["--manifest-url"])).is_err());
         assert!(parse(&a(&["--check=1"])).is_err());
         assert!(parse(&a(&["now"])).is_err());

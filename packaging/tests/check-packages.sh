@@ -395,6 +395,9 @@ cond "install.sh: refuses when --sha256 disagrees with SHA256SUMS" \
 out=$(sh packaging/install.sh --base-url "http://example.com/rel" --destdir "$W/inst-bad" 2>&1)
 rc=$?
 cond "install.sh: refuses plain http to a non-loopback host" '[ $rc != 0 ] && contains "$out" "refusing plain http"'
+out=$(sh packaging/install.sh --base-url "http://127.0.0.1@example.com/rel" --destdir "$W/inst-bad" 2>&1)
+rc=$?
+cond "install.sh: refuses plain http that only starts like loopback (userinfo)" '[ $rc != 0 ] && contains "$out" "refusing plain http"'
 
 echo "== make install / make uninstall"
 M=$W/make

@@ -127,13 +127,55 @@ const KEPT_COMMAND: usize = 32 * 1024;
 /// What a cut record keeps of its reason and cwd (escaped JSON bytes).
 const KEPT_TEXT: usize = 4096;
 
-/// Bytes `c` takes inside a JSON string as serde_json writes it.
+/// Bytes `c` takes inside a JSON string as [`to_line`] writes it.
 fn json_len(c: char) -> usize {
     match c {
         '"' | '\\' | '\u{8}' | '\u{c}' | '\n' | '\r' | '\t' => 2,
-        c if u32::from(c) < 0x20 => 6,
+        c if u32::from(c) < 0x20 || escaped_raw_control(c) => 6,
         c => c.len_utf8(),
     }
+}
+
+/// What serde_json leaves raw in a string but a terminal acts on: DEL and
+/// the C1 controls U+0080–U+009F (U+009B is CSI: the Linux console, in
+/// UTF-8 mode too, starts an escape sequence with it as with `ESC [`, so
+/// a caller's argv could clear or redraw root's screen when the log is
+/// read with cat or tail), the bidi controls and the line separators
+/// ([`crate::error::is_terminal_active`]). They are written `\uXXXX`,
+/// like C0.
+fn escaped_raw_control(c: char) -> bool {
+    u32::from(c) >= 0x7f && crate::error::is_terminal_active(c)
+}
+
+/// serde_json's compact output with [`escaped_raw_control`] characters
+/// escaped too; still plain JSON, parsed back to the same strings.
+struct NoRawControls;
+
+impl serde_json::ser::Formatter for NoRawControls {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if escaped_raw_control(c) {
+                writer.write_all(fragment.get(start..i).unwrap_or_default().as_bytes())?;
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                start = i + c.len_utf8();
+            }
+        }
+        writer.write_all(fragment.get(start..).unwrap_or_default().as_bytes())
+    }
+}
+
+/// One record as a JSON line (without the newline): no raw control
+/// character of any kind.
+fn to_line(record: &Record) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, NoRawControls);
+    record.serialize(&mut ser)?;
+    Ok(out)
 }
 
 /// The longest prefix of `s` that takes at most `budget` bytes inside a
@@ -269,10 +311,7 @@ impl AuditLog {
     /// grant is used: the file is created with an inode even on a full
     /// disk, but its line could then not be written after the consume.
     pub fn reserve_for(&self, record: &Record) -> Result<(), Denial> {
-        let len = serde_json::to_vec(record)
-            .map_err(|e| io_err(&self.path, e))?
-            .len() as u64
-            + 4096;
+        let len = to_line(record).map_err(|e| io_err(&self.path, e))?.len() as u64 + 4096;
         self.reserve(len)
     }
 
@@ -345,9 +384,9 @@ impl AuditLog {
     /// and a line torn before it is ended first, so a record never becomes
     /// part of someone else's broken line.
     pub fn append(&self, record: &Record) -> Result<(), Denial> {
-        let mut line = serde_json::to_vec(record).map_err(|e| io_err(&self.path, e))?;
+        let mut line = to_line(record).map_err(|e| io_err(&self.path, e))?;
         if line.len() >= MAX_LINE {
-            line = serde_json::to_vec(&record.fitted()).map_err(|e| io_err(&self.path, e))?;
+            line = to_line(&record.fitted()).map_err(|e| io_err(&self.path, e))?;
         }
         line.push(b'\n');
         // A file-size limit must not cut a line in half (the rest of the
@@ -433,6 +472,56 @@ mod tests {
         }
         let mode = std::fs::metadata(&p).map(|m| m.mode() & 0o777).unwrap_or(0);
         assert_eq!(mode, 0o600);
+    }
+
+    /// serde_json writes DEL and the C1 controls raw; U+009B is CSI on
+    /// the Linux console, so a refused caller's argv `["id\u{9b}2J"]`
+    /// (no grant needed) cleared root's screen when the log was shown.
+    /// Every control character is written escaped, and the line still
+    /// parses back to the same text.
+    #[test]
+    fn no_raw_control_character_reaches_the_log() {
+        let Some((_t, p, log)) = fresh_log("audit-c1") else {
+            return;
+        };
+        let hostile =
+            "id\u{9b}2J\u{9b}1;1H\u{7f}\u{85}\u{9d}0;t\u{9c}\u{80}é\u{a0}\u{202e}x\u{2028}";
+        let rec = Record {
+            event: "denied",
+            command: vec![hostile.into()],
+            reason: Some(hostile.into()),
+            cwd: Some(hostile.into()),
+            ..Record::default()
+        };
+        assert!(log.append(&rec).is_ok());
+        let bytes = std::fs::read(&p).unwrap_or_default();
+        let text = String::from_utf8(bytes).unwrap_or_default();
+        let line = text.strip_suffix('\n').unwrap_or_default();
+        assert!(
+            !line.chars().any(crate::error::is_terminal_active),
+            "raw control character in {line:?}"
+        );
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        assert_eq!(v["command"][0], hostile);
+        assert_eq!(v["reason"], hostile);
+        assert_eq!(v["cwd"], hostile);
+        // The cut of an oversized record counts these escapes too.
+        assert_eq!(json_len('\u{9b}'), to_line_len("\u{9b}"));
+        assert_eq!(json_len('\u{7f}'), to_line_len("\u{7f}"));
+        assert_eq!(json_len('\u{a0}'), to_line_len("\u{a0}"));
+        assert_eq!(json_len('\u{202e}'), to_line_len("\u{202e}"));
+    }
+
+    /// Bytes `s` takes inside a JSON string as written to the log.
+    fn to_line_len(s: &str) -> usize {
+        let rec = Record {
+            command: vec![s.into()],
+            ..Record::default()
+        };
+        let empty = Record::default();
+        to_line(&rec).map(|l| l.len()).unwrap_or_default()
+            - to_line(&empty).map(|l| l.len()).unwrap_or_default()
+            - 2
     }
 
     #[test]

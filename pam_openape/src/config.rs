@@ -223,28 +223,36 @@ pub fn issuer_url_ok(url: &str) -> Result<(), String> {
 /// The rule of [`issuer_url_ok`] for any URL the project fetches (issuers,
 /// the update manifest and the binary it names); `what` names it in the
 /// message.
+///
+/// A URL is printable ASCII only (RFC 3986; an IDN host is written in
+/// punycode): no control character, no space, nothing a terminal could
+/// take for a command or reorder (bidi controls). A refused URL may come
+/// from a server (the update manifest's binary url), so the message shows
+/// it escaped (`\u{1b}`), never raw.
 pub fn url_ok(url: &str, what: &str) -> Result<(), String> {
+    let shown = || crate::error::sanitize(&url.escape_default().to_string(), 200);
     let rest = if let Some(r) = url.strip_prefix("https://") {
         r
     } else if let Some(r) = url.strip_prefix("http://") {
         let host = authority_host(r.split('/').next().unwrap_or(""));
         if !is_loopback_host(host) {
             return Err(format!(
-                "{what} {url} must use https (http is allowed only to a loopback address)"
+                "{what} {} must use https (http is allowed only to a loopback address)",
+                shown()
             ));
         }
         r
     } else {
-        return Err(format!("{what} {url} must start with https://"));
+        return Err(format!("{what} {} must start with https://", shown()));
     };
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty()
         || authority.contains('@')
         || rest.contains('?')
         || rest.contains('#')
-        || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+        || !rest.bytes().all(|b| b.is_ascii_graphic())
     {
-        return Err(format!("{what} {url} is not a plain https URL"));
+        return Err(format!("{what} {} is not a plain https URL", shown()));
     }
     Ok(())
 }
@@ -695,6 +703,25 @@ mod tests {
         assert!(issuer_url_ok("https://user@id.openape.at").is_err());
         assert!(issuer_url_ok("https://id.openape.at/?x").is_err());
         assert!(issuer_url_ok("ftp://x").is_err());
+    }
+
+    #[test]
+    fn urls_are_printable_ascii_and_shown_escaped_when_refused() {
+        for bad in [
+            "\u{1b}]0;t\u{7}https://id.openape.at",
+            "http://evil.example\u{1b}[2J",
+            "https://id.openape.at/\u{1b}[2J\r",
+            "https://id.openape.at/\u{202e}x",
+            "https://id.openape.at/\u{85}",
+            "https://id.openape.at/caf\u{e9}",
+        ] {
+            let msg = url_ok(bad, "manifest url").err().unwrap_or_default();
+            assert!(!msg.is_empty(), "{bad:?} accepted");
+            assert!(
+                msg.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+                "{msg:?}"
+            );
+        }
     }
 
     #[test]

@@ -145,9 +145,28 @@ impl fmt::Display for Denial {
 
 impl std::error::Error for Denial {}
 
+/// Characters a terminal or log viewer acts on instead of showing them:
+/// control characters (C0, DEL and C1; U+009B is CSI on the Linux
+/// console), the bidi controls that reorder the text around them, and the
+/// line and paragraph separators some viewers break lines at.
+pub fn is_terminal_active(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
 /// Make text from the token, the IdP or the caller safe to put in one line of
 /// a terminal, syslog or audit message: control characters become `\xNN`,
-/// and the result is cut at `max` characters.
+/// the other [`is_terminal_active`] characters `\u{NNNN}`, and the result
+/// is cut at `max` characters.
 pub fn sanitize(text: &str, max: usize) -> String {
     let mut out = String::new();
     for (n, c) in text.chars().enumerate() {
@@ -157,6 +176,8 @@ pub fn sanitize(text: &str, max: usize) -> String {
         }
         if c.is_control() {
             out.push_str(&format!("\\x{:02x}", u32::from(c) & 0xff));
+        } else if is_terminal_active(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
         } else {
             out.push(c);
         }
@@ -182,6 +203,22 @@ mod tests {
             Denial::new(Step::Exec, Kind::NotFound, "x").exit_code(),
             127
         );
+    }
+
+    /// Bidi controls reorder the text around them on a terminal or in a
+    /// log viewer (a refusal can be made to read as something else), and
+    /// some viewers break lines at U+2028/U+2029: escaped like controls.
+    #[test]
+    fn sanitize_escapes_bidi_controls_and_line_separators() {
+        assert_eq!(
+            sanitize(
+                "ok \u{202e}deifirev ton\u{202c} x\u{2028}y\u{2066}\u{200f}",
+                100
+            ),
+            "ok \\u{202e}deifirev ton\\u{202c} x\\u{2028}y\\u{2066}\\u{200f}"
+        );
+        assert_eq!(sanitize("\u{9b}2J\u{85}", 100), "\\x9b2J\\x85");
+        assert_eq!(sanitize("é ü 日本", 100), "é ü 日本");
     }
 
     #[test]

@@ -214,15 +214,16 @@ fn fixed_argv() -> Vec<String> {
 // ---------------------------------------------------------------------------
 
 /// Longest refusal message: the parts taken from input are cut to at most
-/// 160 characters by `sanitize` (each control character 4 bytes), plus
-/// fixed text and configuration values.
+/// 160 characters by `sanitize` (each control character 4 bytes, a bidi
+/// control or line separator 8), plus fixed text and configuration values.
 const MAX_REASON: usize = 2048;
 
 /// A refusal message reaches a terminal (escapes prints it), syslog and the
-/// audit log: no control characters (the CVE-2023-28486 class) and bounded.
+/// audit log: no control characters (the CVE-2023-28486 class), no bidi
+/// control or line separator, and bounded.
 fn check_denial(d: &Denial) {
     assert!(
-        !d.reason.chars().any(char::is_control),
+        !d.reason.chars().any(crate::error::is_terminal_active),
         "refusal at {} carries a control character: {:?}",
         d.step.name(),
         d.reason

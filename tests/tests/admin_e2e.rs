@@ -691,6 +691,29 @@ fn update_replaces_the_running_copy_keeping_setuid_root() {
     );
 }
 
+/// An admin who narrowed who may run the setuid binary (mode 4750, a
+/// group of its own: README, "To let only one group run escapes") keeps
+/// that across `escapes update`: the new binary takes the old one's group
+/// and permission bits (never a write bit for group or others). It was
+/// made root:root 4755, so every local user could run it again.
+#[test]
+fn update_keeps_the_installed_group_and_mode() {
+    let Some(w) = setup("update-keeps-mode") else {
+        return;
+    };
+    let new = small_release();
+    w.release("99.0.0", new.clone(), "");
+    let bin = w.sb.escapes();
+    let gid = test_user().gid;
+    std::os::unix::fs::chown(&bin, Some(0), Some(gid)).unwrap();
+    fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o4750)).unwrap();
+    let out = w.update_from_idp(&[]);
+    assert_eq!(out.code, 0, "{out}");
+    let now = snap(&bin);
+    assert!(now.bytes == new, "the binary is not the release: {out}");
+    assert_eq!((now.mode, now.uid, now.gid), (0o4750, 0, gid), "{out}");
+}
+
 /// `[update] manifest_url` in the config; `--check` only reports (the
 /// binary is not even downloaded); then the real update; the old
 /// `escapes --update` spelling is the same command.
@@ -895,6 +918,175 @@ fn update_refuses_garbage() {
     let out = w.update(&["--manifest-url", "http://example.com/m.json"]);
     assert_eq!(out.code, 2, "{out}");
     w.assert_untouched(&before, &out);
+}
+
+/// What a terminal could act on: a control character other than the
+/// newline that ends a line, or a bidi control that reorders the text.
+fn terminal_active(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A manifest server's binary url reaches root's terminal only escaped.
+/// It was echoed raw in the refusal ("the manifest's binary url <url>
+/// must start with https://"): an OSC that sets the window title, a
+/// screen clear and a CR overwriting the line with a fake "updated"; and
+/// a same-origin url with a bidi override passed the URL rule and was
+/// printed as the available release. Now a URL is printable ASCII only
+/// and a refused one is shown escaped.
+#[test]
+fn update_shows_a_hostile_manifest_url_only_escaped() {
+    let Some(w) = setup("update-manifest-url-bytes") else {
+        return;
+    };
+    let mut c = w.sb.config(&w.idp.issuer());
+    c.tail = String::new();
+    w.sb.write_config(&c.render());
+    let before = snap(&w.sb.escapes());
+    let bin_url = w.idp.release_bin_url();
+    let sha = sha256_hex(b"");
+    let fake = "\u{1b}]0;root@host\u{7}\u{1b}[2J\u{1b}[1;32mupdated: 99.0.0\u{1b}[0m\r";
+    for (url, why) in [
+        (format!("{fake}{bin_url}"), "must start with https://"),
+        (
+            format!("{}{fake}", bin_url.replace("127.0.0.1", "example.com")),
+            "must use https",
+        ),
+        (format!("{bin_url}/{fake}"), "not a plain https URL"),
+        (
+            format!("{bin_url}/\u{202e}exe.hsilbup"),
+            "not a plain https URL",
+        ),
+        (format!("{bin_url}/\u{85}x"), "not a plain https URL"),
+    ] {
+        w.idp
+            .set_release(&manifest("99.0.0", &url, &sha), Vec::new());
+        let out = w.update_from_idp(&[]);
+        assert_eq!(out.code, 1, "{url:?}: {out}");
+        assert!(out.stderr.contains(why), "{url:?}: {out}");
+        for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                !text.chars().any(terminal_active),
+                "{url:?}: raw control or bidi character on {name}: {text:?}"
+            );
+        }
+        w.assert_untouched(&before, &out);
+    }
+    assert_eq!(w.idp.request_count("/_test/release/bin"), 0);
+}
+
+/// A manifest on plain http at a loopback port at or above 1024 is served
+/// by whoever binds that port first (any local user, while the real
+/// service is down or before it starts), and its binary becomes the
+/// setuid-root escapes. Like an issuer there, it is refused unless the
+/// config says `allow_unprivileged_loopback = true` or the command line
+/// `--allow-unprivileged-loopback`. Here the config names an https issuer
+/// (so it needs no such flag) and the test IdP's release routes play the
+/// server on an unprivileged port.
+#[test]
+fn update_refuses_an_unprivileged_loopback_manifest_without_a_yes() {
+    let Some(w) = setup("update-unpriv-loopback") else {
+        return;
+    };
+    let manifest_url = w.idp.release_manifest_url();
+    let cfg = format!(
+        "host = \"{HOST}\"\naudit_log = \"{}\"\n[security]\nallowed_issuers = [\"https://id.example.com\"]\nallowed_approvers = [\"{APPROVER}\"]\n[update]\nmanifest_url = \"{manifest_url}\"\n",
+        w.sb.audit_path().display()
+    );
+    w.sb.write_config(&cfg);
+    let new = small_release();
+    w.idp.set_release(
+        &manifest("99.0.0", &w.idp.release_bin_url(), &sha256_hex(&new)),
+        new.clone(),
+    );
+    let before = snap(&w.sb.escapes());
+    // From the config, and the same URL from the command line.
+    for args in [vec![], vec!["--manifest-url", manifest_url.as_str()]] {
+        let out = w.update(&args);
+        assert_eq!(out.code, 1, "{args:?}: {out}");
+        assert!(
+            out.stderr.contains("allow-unprivileged-loopback"),
+            "{args:?}: {out}"
+        );
+        w.assert_untouched(&before, &out);
+    }
+    assert_eq!(w.idp.requests().len(), 0, "{:?}", w.idp.requests());
+    // The explicit yes on the command line installs it.
+    let out = w.update(&["--allow-unprivileged-loopback"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(snap(&w.sb.escapes()).bytes == new, "{out}");
+}
+
+/// `install.sh` (run by root, it installs whatever the release server
+/// sends: SHA256SUMS comes from the same server) allowed plain http "only
+/// to loopback" by matching a prefix: `http://127.0.0.1@host/` (userinfo),
+/// `http://127.host.example/` and `http://localhost:80@host/` went to a
+/// remote host over plain http, where anyone on the path chooses the
+/// setuid binary. The whole authority is checked now, and a loopback port
+/// of 1024 or above (any local user's to bind) needs
+/// `--allow-unprivileged-loopback`. A stand-in `curl` first on PATH
+/// records any download attempt.
+#[test]
+fn install_sh_allows_plain_http_to_loopback_only() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/install.sh");
+    let dir = std::env::temp_dir().join(format!("openape-install-sh-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    let curl = dir.join("bin/curl");
+    fs::write(
+        &curl,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}/fetched\nexit 22\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&curl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let run = |args: &[&str]| {
+        let _ = fs::remove_file(dir.join("fetched"));
+        let out = Command::new("sh")
+            .arg(&script)
+            .args(args)
+            .arg("--destdir")
+            .arg(dir.join("dest"))
+            .env("PATH", format!("{}:{SANE_PATH}", dir.join("bin").display()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.code(), text, dir.join("fetched").exists())
+    };
+    for url in [
+        "http://127.0.0.1@example.invalid/rel",
+        "http://localhost:80@example.invalid/rel",
+        "http://[::1]@example.invalid/rel",
+        "http://127.example.invalid/rel",
+        "http://127.0.0.1?@example.invalid/rel",
+        "http://127.0.0.1:8000/rel",
+    ] {
+        let (code, text, fetched) = run(&["--base-url", url]);
+        assert_ne!(code, Some(0), "{url}: {text}");
+        assert!(text.contains("refusing"), "{url}: {text}");
+        assert!(!fetched, "{url}: curl was run: {text}");
+    }
+    // Loopback on a privileged port, and an unprivileged one with the
+    // explicit yes, are fetched (the stand-in curl then fails).
+    for args in [
+        vec!["--base-url", "http://127.0.0.1/rel"],
+        vec!["--base-url", "http://[::1]:80/rel"],
+        vec!["--base-url", "http://localhost/rel"],
+        vec![
+            "--allow-unprivileged-loopback",
+            "--base-url",
+            "http://127.0.0.1:8000/rel",
+        ],
+    ] {
+        let (code, text, fetched) = run(&args);
+        assert_ne!(code, Some(0), "{args:?}: {text}");
+        assert!(fetched, "{args:?}: not fetched: {text}");
+    }
+    assert!(!dir.join("dest").exists());
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// The setuid binary run by a user is refused before any request: exit

@@ -1347,6 +1347,70 @@ fn a_refused_command_line_cannot_flood_the_audit_log() {
     assert_eq!(line["cmd_hash"], hash.as_str(), "{line}");
 }
 
+/// A grant's `run_as` is chosen by whoever requested it (an agent, in the
+/// request body) and signed as is. When that user does not exist here the
+/// refusal quoted it raw, so an approved grant put the requester's escape
+/// sequences on the terminal of whoever ran or dry-ran it: root checking
+/// an agent's grant with `escapes verify` (README) got its window title
+/// set and its screen cleared. It is shown escaped, like every other claim.
+#[test]
+fn a_grants_unknown_run_as_reaches_the_terminal_only_escaped() {
+    let Some(t) = setup("run-as-bytes") else {
+        return;
+    };
+    let argv = t.sb.marker_cmd("m");
+    let mut spec = t.spec(&argv);
+    spec.run_as = Some("nosuch\u{1b}]0;root@host\u{7}\u{1b}[2J\u{9b}H\r".into());
+    let g = t.idp.issue(&spec);
+    let mut verify = vec!["verify".to_string(), "--grant-stdin".into(), "--".into()];
+    verify.extend(argv.iter().cloned());
+    let dry = t.sb.escapes_run(&verify).stdin(g.jwt.as_bytes()).output();
+    let run = t.run(&g.jwt, &[], &argv);
+    for out in [dry, run] {
+        assert_eq!(out.code, 1, "{out}");
+        assert!(out.stderr.contains("does not exist here"), "{out}");
+        for text in [&out.stdout, &out.stderr] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "raw control character: {text:?}"
+            );
+        }
+    }
+    assert!(!t.sb.marker_exists("m"));
+    t.assert_not_consumed(&g);
+}
+
+/// A caller with no grant at all puts its argv into root's log. The C1
+/// control U+009B is CSI on the Linux console (UTF-8 mode included), and
+/// serde_json wrote it raw: `cat audit.log` on the console ran the
+/// caller's escape sequence (clear screen, move the cursor to redraw
+/// earlier lines). Every control character is escaped now, and so are
+/// the bidi controls and line separators (which reorder or break the
+/// line in a viewer).
+#[test]
+fn a_refused_command_puts_no_raw_control_character_into_the_log() {
+    let Some(t) = setup("audit-c1") else {
+        return;
+    };
+    let arg = "x\u{9b}2J\u{9b}H\u{9b}8m\u{7f}\u{85}\u{202e}deifirev\u{2028}";
+    let out = t.sb.run_as_user(
+        &["--grant", "not-a-grant", "--", "/bin/echo", arg],
+        &[],
+        None,
+    );
+    assert_eq!(out.code, 5, "{out}");
+    let text = std::fs::read_to_string(t.sb.audit_path()).unwrap();
+    assert!(
+        !text
+            .chars()
+            .any(|c| c != '\n' && pam_openape::error::is_terminal_active(c)),
+        "raw control or bidi character in the log: {text:?}"
+    );
+    let line = t.sb.last_audit();
+    assert_eq!(line["event"], "denied", "{line}");
+    assert_eq!(line["command"], json!(["/bin/echo", arg]), "{line}");
+}
+
 /// A missing JWKS cache directory is made by root on any caller's run,
 /// and was made (with every missing directory above it) before the chain
 /// was checked: below a directory another user may write, that user could
