@@ -685,6 +685,11 @@ fn sudo_parse(argv: &[String]) {
         !first.contains('=') || first.starts_with('/'),
         "VAR=value accepted: {first:?}"
     );
+    // A relative program with a slash depends on the caller's cwd.
+    assert!(
+        !first.contains('/') || first.starts_with('/'),
+        "relative program accepted: {first:?}"
+    );
     // sudo-rs skips a lone `-`; `sudo sudoedit FILE` is edit mode.
     assert!(!first.starts_with('-'), "command {first:?} accepted");
     // As sudo-rs's std::path sees it: `.` and empty components dropped.

@@ -11,7 +11,8 @@
 //!   Anything else (`-s`, `-i`, `-e`, `-E`, `-D`, `-R`, `-h`, `-C`, `-T`,
 //!   `-g`, `-k`, `-v`, `-l`, `VAR=value`, `sudoedit`, a CMD that starts
 //!   with `-` or whose last path component begins with `sudoedit`, also
-//!   as `sudoedit/.`) is refused.
+//!   as `sudoedit/.`, a relative CMD with a slash such as `./x`) is
+//!   refused.
 //! * su: `su [-|-l|--login] [-c CMD|--command=CMD] [--] [USER]`, with
 //!   nothing option-like after USER; the
 //!   command is the `-c` string as one argument (what the target's shell
@@ -184,6 +185,15 @@ pub fn parse_sudo(argv: &[String]) -> Result<Invocation, String> {
         // sudo-rs skips a lone `-` among its options: `sudo - id` runs
         // `id`, so a grant for ["-", "id"] would run another argv.
         return Err("a command starting with - is not allowed with grants".into());
+    }
+    if first.contains('/') && !first.starts_with('/') {
+        // sudo runs `./x` or `bin/x` from the caller's working directory,
+        // which no grant binds: the caller would pick the program. escapes
+        // refuses the same (a bare name or an absolute path only).
+        return Err(
+            "a relative program with a slash is not allowed with grants (use a bare name or an absolute path)"
+                .into(),
+        );
     }
     if names_sudoedit(first) {
         // `sudo sudoedit FILE` puts sudo 1.9 and sudo-rs into edit mode.
@@ -489,6 +499,10 @@ mod tests {
             &["sudo", "-n", "-", "id"],
             &["sudo", "--", "-", "id"],
             &["sudo", "--", "-x"],
+            &["sudo", "./x"],
+            &["sudo", "bin/x"],
+            &["sudo", "-u", "root", "--", "../x", "y"],
+            &["sudo", ".//x"],
             &["sudo", "sudoedit", "/etc/shadow"],
             &["sudo", "/usr/bin/sudoedit", "/etc/shadow"],
             &["sudo", "--", "sudoedit-rs", "/etc/shadow"],

@@ -203,10 +203,11 @@ fn sudo_corpus(root: &Path, probe: &Path) -> Vec<Case> {
         runs(c(&[
             "sudo", "-u", "nobody", "--stdin", "--", "@P", "--", "x",
         ])),
-        // Relative command paths (sudo runs in the sandbox root).
-        runs(c(&["sudo", "bin/argv-probe", "rel"])),
-        runs(c(&["sudo", "./bin/argv-probe", "rel"])),
-        runs(c(&["sudo", "bin/../bin/argv-probe"])),
+        // Relative command paths: sudo resolves them against the caller's
+        // working directory, which no grant binds; refused (as escapes does).
+        c(&["sudo", "bin/argv-probe", "rel"]),
+        c(&["sudo", "./bin/argv-probe", "rel"]),
+        c(&["sudo", "bin/../bin/argv-probe"]),
         // The command's first word: an empty word, a path with `=`, a
         // trailing `/` or `/.` (sudo-rs strips them), a directory.
         c(&["sudo", "", "@P"]),

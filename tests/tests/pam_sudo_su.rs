@@ -154,6 +154,7 @@ against_both_sudos!(
     sudo_in_the_namespace_is_the_expected_implementation,
     sudo_user_forms_name_the_same_target,
     sudo_commands_that_switch_sudo_modes_are_refused,
+    sudo_refuses_a_relative_program_with_a_slash,
     refusal_messages_reach_the_user_only_without_pam_silent,
     sudo_n_never_asks_the_auth_stack,
 );
@@ -925,6 +926,35 @@ fn sudo_commands_that_switch_sudo_modes_are_refused(imp: SudoImpl) {
         imp.label()
     );
     assert_eq!(idp.consume_count(&g.grant_id), 0, "{}", imp.label());
+    assert_eq!(count(&ps, "grant_run"), 0);
+}
+
+/// A grant naming `./x` names whatever `x` is in the directory the caller
+/// chose: sudo runs it from the caller's working directory, which no grant
+/// binds. escapes refuses such a program (a bare name or an absolute path
+/// only); under sudo the module must too, before anything is consumed.
+/// Without the check the caller's own script ran as root.
+fn sudo_refuses_a_relative_program_with_a_slash(imp: SudoImpl) {
+    let idp = TestIdp::start();
+    let ps = setup_sudo(imp, "sudo-relative", &idp, "sudo", SUDO_GRANT_OR_DENY);
+    let script = "d=$(mktemp -d) && cd \"$d\" && mkdir bin \
+        && printf '#!/bin/sh\\necho caller-script-uid-$(id -u)\\n' > x \
+        && chmod 755 x && cp x bin/x && exec sudo \"$@\"";
+    for cmd in ["./x", "bin/x"] {
+        let g = grant(&idp, &[cmd]);
+        let out = ps.run_script(script, &[cmd], &with_grant(&g.jwt));
+        assert_refused(&out);
+        let l = assert_denied(&ps, "pam:sudo", "command");
+        assert!(
+            l["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("relative program"),
+            "{}: {l}",
+            imp.label()
+        );
+        assert_eq!(idp.consume_count(&g.grant_id), 0, "{}", imp.label());
+    }
     assert_eq!(count(&ps, "grant_run"), 0);
 }
 
