@@ -2979,8 +2979,13 @@ fn table() -> Vec<Row> {
         row(
             "cmd-relative-program-with-slash",
             Commands,
-            Esc,
-            split(2, Audit::Step("usage"), PAM_AUTH_ERR, Audit::Nothing),
+            Both,
+            split(
+                2,
+                Audit::Step("usage"),
+                PAM_AUTH_ERR,
+                Audit::Step("command"),
+            ),
             Case::Std(|c| {
                 let dir = c.user_dir("cwd");
                 let marker = c.marker();
