@@ -220,23 +220,9 @@ fn reset_signals(quiet: libc::sighandler_t) {
 /// finds it before the consume, and [`release_signals`] delivers it after
 /// the line. Calling it again changes nothing.
 pub fn hold_signals() {
-    // SAFETY: sigset operations on a local of this frame; sigprocmask
-    // changes only the mask of this single-threaded process.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        for sig in [
-            libc::SIGSEGV,
-            libc::SIGBUS,
-            libc::SIGFPE,
-            libc::SIGILL,
-            libc::SIGTRAP,
-            libc::SIGSYS,
-        ] {
-            libc::sigdelset(&mut all, sig);
-        }
-        libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-    }
+    // The mask before is empty (take_process_state); release_signals
+    // empties it again.
+    let _ = pam_openape::request::privsep::hold_all_but_faults();
 }
 
 /// Empty the mask again (what [`take_process_state`] set): a signal held

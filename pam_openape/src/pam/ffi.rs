@@ -157,28 +157,13 @@ pub struct Critical {
 
 impl Critical {
     pub fn enter() -> Critical {
-        // SAFETY: sigset operations on locals of this frame;
-        // pthread_sigmask changes only this thread's mask and keeps the old
-        // one, which Drop puts back; getrlimit/setrlimit read and write one
-        // rlimit on this frame; getresuid writes three locals, and
+        // Signals held (the old mask kept for Drop), then:
+        let old_mask = crate::request::privsep::hold_all_but_faults();
+        // SAFETY: getrlimit/setrlimit read and write one rlimit on this
+        // frame; getresuid writes three locals, and
         // setresuid(0, 0, 0) is only called with the effective uid root
         // (the ids are put back by Drop, which keeps them).
         unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            for sig in [
-                libc::SIGSEGV,
-                libc::SIGBUS,
-                libc::SIGFPE,
-                libc::SIGILL,
-                libc::SIGTRAP,
-                libc::SIGSYS,
-            ] {
-                libc::sigdelset(&mut all, sig);
-            }
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            let old_mask =
-                (libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0).then_some(old);
             let mut cpu: libc::rlimit = std::mem::zeroed();
             let cpu = (libc::getrlimit(libc::RLIMIT_CPU, &mut cpu) == 0
                 && cpu.rlim_cur != libc::RLIM_INFINITY)

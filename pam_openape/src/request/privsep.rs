@@ -118,6 +118,33 @@ fn write_all(fd: RawFd, mut buf: &[u8]) -> bool {
     true
 }
 
+/// Block every signal that can be blocked except the kernel's fault
+/// signals (a fault is a crash either way) for the calling thread, and
+/// return the mask it had (`None` if it could not be changed). escapes
+/// holds them from just before a consume until its line; the PAM module
+/// around its consume and audit lines (`pam::ffi::Critical`).
+pub fn hold_all_but_faults() -> Option<libc::sigset_t> {
+    // SAFETY: sigset operations on locals of this frame; pthread_sigmask
+    // changes only the calling thread's mask and writes the old one into
+    // a local.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+            libc::SIGSYS,
+        ] {
+            libc::sigdelset(&mut all, sig);
+        }
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        (libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old) == 0).then_some(old)
+    }
+}
+
 /// [`write_all`] with SIGPIPE held for this thread: if the child is gone
 /// (its end of the pipe closed), the write fails with EPIPE and the signal
 /// it raised is taken back, so the host (su keeps the default SIGPIPE) is
