@@ -9,7 +9,9 @@
 //! `jwks_min_refresh` seconds), so a flood of made-up `kid`s costs the IdP
 //! at most a burst and then about one request per interval. The bucket is
 //! kept in the issuer's cache file (the cache outlives each process; one
-//! file, replaced atomically) and updated under a sibling lock file. The JWKS is
+//! file, replaced atomically) and updated under a sibling lock file. From a
+//! spent token until the answer is stored the caller cannot end the
+//! process ([`Critical`]), so it cannot spend tokens without refreshing. The JWKS is
 //! fetched only from `{iss}/.well-known/jwks.json` of an allowlisted issuer;
 //! `jku`, `x5u`, `jwk` and `x5c` headers are never used. Only OKP/Ed25519
 //! keys with exactly 32 bytes of `x` are kept. Cache files are named by the
@@ -28,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::{Denial, Kind, Step, sanitize};
+use crate::pam::ffi::Critical;
 use crate::token::hex;
 use crate::trust;
 
@@ -407,7 +410,13 @@ impl<'a> KeyCache<'a> {
             return Ok(k);
         }
 
-        // A refresh is needed: spend a token first, under the lock.
+        // A refresh is needed: spend a token first, under the lock. From
+        // the spent token until the answer is stored, the caller may not
+        // end this process (see [`Critical`]): a caller that killed its own
+        // run after the spend and before the store emptied the bucket with
+        // nothing refreshed, and with the cache stale every other grant
+        // was refused until the next token, which its loop took again.
+        let _held = Critical::enter();
         let guard = Self::lock(&dir, issuer);
         let stored = self.load(&dir, issuer);
         // Another process may have fetched the new key meanwhile.

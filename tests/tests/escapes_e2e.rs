@@ -357,6 +357,92 @@ fn made_up_kid_flood_against_a_failing_jwks_endpoint_is_bounded_too() {
     assert_eq!(t.consume_requests(), 0);
 }
 
+/// A caller spent the issuer's JWKS refresh budget without refreshing
+/// anything: a run with a made-up `kid` takes a token and starts the
+/// fetch, and the caller (the real uid of its own setuid process)
+/// SIGKILLs it before the answer is stored. Three such runs emptied the
+/// bucket; with nothing cached (first use, or a cache past
+/// `jwks_max_age`) every other user's valid grant was then refused at
+/// step key until the next token, which the caller's loop takes again:
+/// one unprivileged user locked every grant out. The refresh, from the
+/// spent token to the stored answer, is no longer the caller's to cut.
+#[test]
+fn a_caller_cannot_spend_the_refresh_budget_by_killing_its_own_fetches() {
+    use std::io::Write as _;
+    use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+    use std::process::{Command, Stdio};
+    let Some(t) = setup("key-kill-refresh") else {
+        return;
+    };
+    with_shipped_refresh_limit(&t);
+    // Slow enough that the caller's kill lands while the fetch is out.
+    t.idp.set_fault_for(
+        "/.well-known/jwks.json",
+        Fault::Slow(Duration::from_millis(1500)),
+    );
+    let argv = t.sb.marker_cmd("m");
+    let mut kills = Vec::new();
+    for i in 0..pam_openape::jwks::REFRESH_BURST as usize {
+        let tok = t
+            .idp
+            .sign(json!({"kid": format!("made-up-{i}")}), t.claims(&argv));
+        let ns = t.sb.config_ns();
+        let mut cmd = Command::new("/usr/bin/setpriv");
+        // SAFETY: runs in the forked child before exec, as root;
+        // ConfigNs::enter makes system calls only.
+        unsafe { cmd.pre_exec(move || ns.enter()) };
+        let mut child = cmd
+            .arg(format!("--reuid={}", t.user.uid))
+            .arg(format!("--regid={}", t.user.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(t.sb.escapes())
+            .arg("--grant-stdin")
+            .arg("--")
+            .args(&argv)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir(t.sb.root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(tok.as_bytes())
+            .unwrap();
+        let start = std::time::Instant::now();
+        while t.jwks_requests() <= i && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(t.jwks_requests(), i + 1, "run {i} never asked for the JWKS");
+        // The caller's own kill, with its own uid.
+        let kill = Run::new("/bin/kill")
+            .args(["-KILL", &child.id().to_string()])
+            .as_test_user()
+            .output();
+        kills.push(kill.code);
+        let status = child.wait().unwrap();
+        assert_ne!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "run {i}: the caller killed escapes in the middle of the JWKS refresh"
+        );
+    }
+    assert!(kills.iter().all(|c| *c != 0), "kill exit codes {kills:?}");
+    t.idp.clear_faults();
+
+    // Another user's valid grant right after.
+    let g = t.issue(&argv);
+    let out = t.run(&g.jwt, &[], &argv);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(t.sb.marker_exists("m"));
+    assert_eq!(t.idp.consume_count(&g.grant_id), 1);
+}
+
 // ---------------------------------------------------------------------------
 // 4. signature
 // ---------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! The only `unsafe` of the PAM hooks: libpam calls that pam-bindings does
 //! not wrap (`pam_getenv`, `pam_syslog`), typed access to our own
-//! `pam_set_data` slot, and a look at the host's pending signals.
+//! `pam_set_data` slot, a look at the host's pending signals, and
+//! [`Critical`] (also used by the JWKS cache around a refresh, for escapes
+//! and the hooks alike).
 
 #![allow(unsafe_code)]
 

@@ -12,7 +12,7 @@
 //! * configuration or module arguments broken → `PAM_SERVICE_ERR`.
 
 pub mod args;
-mod ffi;
+pub(crate) mod ffi;
 mod request;
 
 use std::ffi::CStr;
