@@ -287,10 +287,28 @@ fn is_loopback_host(host: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The port of a plain-http loopback URL when it is 1024 or above: any
-/// local user may bind such a port, so an issuer there is trusted only on
-/// explicit request. `None` for https URLs and privileged ports.
+/// The port of a plain-http loopback URL when any local user may bind it
+/// (at or above [`unprivileged_port_start`]; 1024 by default), so an
+/// issuer there is trusted only on explicit request. `None` for https
+/// URLs and privileged ports.
 pub fn unprivileged_loopback_port(url: &str) -> Option<u16> {
+    unprivileged_loopback_port_from(url, unprivileged_port_start())
+}
+
+/// The lowest port an unprivileged process may bind in this process's
+/// network namespace: `net.ipv4.ip_unprivileged_port_start` (it governs
+/// IPv6 too). 1024 is only the kernel's default; container runtimes set
+/// 0. When it cannot be read or parsed: 0, every port unprivileged.
+pub fn unprivileged_port_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// [`unprivileged_loopback_port`] where ports from `start` up need no
+/// privilege.
+pub fn unprivileged_loopback_port_from(url: &str, start: u32) -> Option<u16> {
     let rest = url.strip_prefix("http://")?;
     let authority = rest.split('/').next().unwrap_or("");
     let port_text = match authority.strip_prefix('[') {
@@ -301,7 +319,7 @@ pub fn unprivileged_loopback_port(url: &str) -> Option<u16> {
         None => 80,
         Some(p) => p.parse::<u32>().ok().unwrap_or(u32::MAX),
     };
-    (port >= 1024).then(|| u16::try_from(port).unwrap_or(u16::MAX))
+    (port >= start).then(|| u16::try_from(port).unwrap_or(u16::MAX))
 }
 
 /// Parse an octal umask such as `"0022"` or `"027"`.
@@ -747,15 +765,36 @@ mod tests {
                 "{high}"
             );
         }
-        for fine in [
-            "http://127.0.0.1",
-            "http://127.0.0.1:80/",
-            "http://[::1]:1023",
-            "https://127.0.0.1:8443",
-            "https://id.example:9999",
+        // Below 1024 only where this host's kernel says so (a container
+        // may set ip_unprivileged_port_start to 0).
+        let privileged = unprivileged_port_start() > 1023;
+        for (fine, port) in [
+            ("http://127.0.0.1", Some(80)),
+            ("http://127.0.0.1:80/", Some(80)),
+            ("http://[::1]:1023", Some(1023)),
+            ("https://127.0.0.1:8443", None),
+            ("https://id.example:9999", None),
         ] {
-            assert_eq!(with(fine, ""), Ok(false), "{fine}");
+            if port.is_none() || privileged {
+                assert_eq!(with(fine, ""), Ok(false), "{fine}");
+            }
         }
+    }
+
+    #[test]
+    fn a_port_is_privileged_only_below_the_kernels_start() {
+        let at = unprivileged_loopback_port_from;
+        assert_eq!(at("http://127.0.0.1", 1024), None);
+        assert_eq!(at("http://127.0.0.1", 0), Some(80));
+        assert_eq!(at("http://127.0.0.1:80/", 80), Some(80));
+        assert_eq!(at("http://127.0.0.1:80/", 81), None);
+        assert_eq!(at("http://[::1]:443", 0), Some(443));
+        assert_eq!(at("http://localhost:1023", 1024), None);
+        assert_eq!(at("http://localhost:1024", 1024), Some(1024));
+        assert_eq!(at("http://127.0.0.1:99999", 70000), Some(u16::MAX));
+        assert_eq!(at("https://127.0.0.1:443", 0), None);
+        // This host's value is a number (0 when unreadable).
+        assert!(unprivileged_port_start() <= 65536);
     }
 
     #[test]

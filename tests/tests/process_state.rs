@@ -526,6 +526,145 @@ fn an_unprivileged_loopback_issuer_needs_an_explicit_yes() {
     assert!(t.idp.requests().is_empty(), "{:?}", t.idp.requests());
 }
 
+/// A test IdP listening in another network namespace. Its stop wakes its
+/// accept by connecting to its own address, so it is dropped from a
+/// thread that joined that namespace.
+struct InNet {
+    idp: Option<TestIdp>,
+    net: std::os::fd::OwnedFd,
+}
+
+impl Drop for InNet {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd as _;
+        let idp = self.idp.take();
+        let fd = self.net.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                // SAFETY: setns on this thread only, with a descriptor
+                // `self` holds open.
+                unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+                drop(idp);
+            });
+        });
+    }
+}
+
+/// "A port below 1024 only root can bind" is the kernel's default, not a
+/// rule: `net.ipv4.ip_unprivileged_port_start` moves it (container
+/// runtimes set 0 in the container's network namespace). There an
+/// issuer at `http://127.0.0.1` (port 80) was trusted without
+/// `allow_unprivileged_loopback`, though any local user could bind that
+/// port first (while the real IdP restarts, or on the loopback address
+/// it does not listen on) and sign grants: the caller's own server on
+/// port 80 minted a grant that escapes ran as root. A port is now
+/// privileged only below the namespace's own start value.
+#[test]
+fn a_port_below_1024_is_not_privileged_where_the_kernel_says_otherwise() {
+    use std::os::fd::{AsRawFd as _, OwnedFd};
+    use std::os::unix::process::CommandExt as _;
+    use std::process::{Command, Stdio};
+    if !require_root() {
+        return;
+    }
+    let user = test_user();
+    // A network namespace with every port unprivileged, made by a thread
+    // of its own (unshare changes only the calling thread), which also
+    // starts the server there.
+    let (net, idp): (OwnedFd, TestIdp) = std::thread::spawn(|| {
+        // SAFETY: unshare on this thread only; no memory is passed.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        let setup = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "ip link set lo up && echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start",
+            ])
+            .status()
+            .unwrap();
+        assert!(setup.success());
+        // Any user may bind port 80 there (checked with port 81).
+        let bind = Command::new("/usr/bin/setpriv")
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .args([
+                "/usr/bin/perl",
+                "-MIO::Socket::INET",
+                "-e",
+                "IO::Socket::INET->new(LocalAddr=>q(127.0.0.1),LocalPort=>81,Listen=>1) or exit 1",
+            ])
+            .status()
+            .unwrap();
+        assert!(bind.success(), "the test user could not bind port 81");
+        let net: OwnedFd = std::fs::File::open("/proc/thread-self/ns/net")
+            .unwrap()
+            .into();
+        // The caller's server, as far as escapes can tell.
+        (net, TestIdp::start_on(80).unwrap())
+    })
+    .join()
+    .unwrap();
+    let net_fd = net.as_raw_fd();
+    let server = InNet {
+        idp: Some(idp),
+        net,
+    };
+    let idp = server.idp.as_ref().unwrap();
+    let sb = Sandbox::new("loopback-80");
+    assert_eq!(idp.issuer(), "http://127.0.0.1:80");
+    let text = sb.config(&idp.issuer()).render();
+    sb.write_config(&text.replace("allow_unprivileged_loopback = true\n", ""));
+    let argv = vec![
+        "touch".to_string(),
+        sb.marker_path("m").to_string_lossy().into_owned(),
+    ];
+    let g = idp.issue(&GrantSpec::new(HOST, &strs(&argv)));
+    let ns = sb.config_ns();
+    let mut cmd = Command::new("/usr/bin/setpriv");
+    // SAFETY: runs in the forked child before exec, as root: setns on a
+    // descriptor this process holds, then ConfigNs::enter (system calls
+    // only, on strings prepared before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(net_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            ns.enter()
+        })
+    };
+    let mut child = cmd
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--init-groups")
+        .arg("--")
+        .arg(sb.escapes())
+        .arg("--grant-stdin")
+        .arg("--")
+        .args(&argv)
+        .env_clear()
+        .env("PATH", harness::SANE_PATH)
+        .current_dir(sb.root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let _ = child.stdin.take().unwrap().write_all(g.jwt.as_bytes());
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !sb.marker_exists("m"),
+        "ran as root on a grant from port 80: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a valid configuration"), "{stderr}");
+    assert!(idp.requests().is_empty(), "{:?}", idp.requests());
+}
+
 /// The kernel's limit on the bytes of one exec's strings (filename, argv,
 /// environment) for a stack limit of `stack` bytes: a quarter of it, at
 /// most 6 MiB, at least 128 KiB (fs/exec.c `bprm_stack_limits`).
