@@ -21,8 +21,9 @@
 # --prefix    install prefix (default /usr/local); --destdir stages into DIR.
 # --allow-unprivileged-loopback
 #             accept http://127.0.0.1:PORT (or localhost, [::1]) with PORT
-#             1024 or above: any local user can bind such a port and would
-#             choose what root installs (tests and demos only).
+#             1024 or above (at or above net.ipv4.ip_unprivileged_port_start):
+#             any local user can bind such a port and would choose what root
+#             installs (tests and demos only).
 #
 # Then it installs like `make install` (packaging/install-files.sh from the
 # verified tarball): escapes root:root 4755, pam_openape.so in the PAM module
@@ -80,8 +81,10 @@ fi
 # http:// only to a loopback address: the whole authority (up to the first
 # "/") must be 127.N.N.N, localhost or [::1], with an optional numeric port,
 # and nothing else (no userinfo: "http://127.0.0.1@host/" goes to host; no
-# "127.host.example" name). A port of 1024 or above is any local user's to
-# bind first, so it needs --allow-unprivileged-loopback.
+# "127.host.example" name). A port at or above the kernel's
+# net.ipv4.ip_unprivileged_port_start (1024 by default, 0 in many
+# containers; all ports when it cannot be read) is any local user's to bind
+# first, so it needs --allow-unprivileged-loopback.
 http_loopback() { # url
 	auth=${1#http://}
 	auth=${auth%%/*}
@@ -93,8 +96,11 @@ http_loopback() { # url
 	esac
 	[ "$host" = '[::1]' ] || printf '%s\n' "$host" | grep -Eqx 'localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}' || return 1
 	[ -z "$port" ] || printf '%s\n' "$port" | grep -Eqx '[0-9]{1,5}' || return 1
-	if [ -n "$port" ] && [ "$port" -ge 1024 ] && [ -z "$UNPRIV_LOOPBACK" ]; then
-		die "refusing $1: plain http on port $port, which any local user can bind (and so choose what is installed); use https, a port below 1024 or a local directory, or add --allow-unprivileged-loopback (tests and demos only)"
+	port=${port:-80}
+	start=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start 2>/dev/null) || start=0
+	printf '%s\n' "$start" | grep -Eqx '[0-9]{1,5}' || start=0
+	if [ "$port" -ge "$start" ] && [ -z "$UNPRIV_LOOPBACK" ]; then
+		die "refusing $1: plain http on port $port, which any local user can bind (this kernel leaves ports from $start up to users, net.ipv4.ip_unprivileged_port_start), and so choose what is installed; use https, a port below $start or a local directory, or add --allow-unprivileged-loopback (tests and demos only)"
 	fi
 	return 0
 }

@@ -84,7 +84,11 @@ pub fn parse_jwks(bytes: &[u8]) -> Result<KeySet, String> {
         .map_err(|_| "JWKS is not a JSON object with a keys array".to_string())?;
     let mut set = KeySet::default();
     for crate::token::Obj(k) in raw.keys {
-        let Some(kid) = k.kid else { continue };
+        // A key no grant can name is not kept, not even as unusable: an
+        // issuer's megabyte of key ids would only bloat the cache file.
+        let Some(kid) = k.kid.filter(|kid| crate::token::kid_is_nameable(kid)) else {
+            continue;
+        };
         let why = if k.kty.as_deref() != Some("OKP") {
             Some(format!(
                 "key type {} is not OKP",
@@ -537,7 +541,10 @@ mod tests {
             {"kty":"oct","k":"c2VjcmV0","kid":"hmac"},
             {"kty":"OKP","crv":"X25519","x":x32(),"kid":"x25519"},
             {"kty":"OKP","crv":"Ed25519","x":x32(),"kid":"enc","use":"enc"},
-            {"kty":"OKP","crv":"Ed25519","x":x32()}
+            {"kty":"OKP","crv":"Ed25519","x":x32()},
+            {"kty":"OKP","crv":"Ed25519","x":x32(),"kid":""},
+            {"kty":"OKP","crv":"Ed25519","x":x32(),"kid":"k".repeat(257)},
+            {"kty":"RSA","kid":"r".repeat(100_000)}
         ]});
         let set = parse_jwks(doc.to_string().as_bytes());
         assert!(set.is_ok());

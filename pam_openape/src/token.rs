@@ -75,6 +75,15 @@ pub struct ExecutionContext {
     pub argv_hash: Option<String>,
 }
 
+/// Longest key id a grant may name, in bytes.
+pub const MAX_KID_LEN: usize = 256;
+
+/// Whether a grant header may name this key id (and so whether a JWKS
+/// entry with it is worth keeping).
+pub fn kid_is_nameable(kid: &str) -> bool {
+    !kid.is_empty() && kid.len() <= MAX_KID_LEN
+}
+
 /// The claims of an OpenApe grant. Unknown claims are ignored; every known
 /// claim must have its JSON type when present. `grant_id`, `grant_type` and
 /// `target_host` are required: the IdP signs other tokens (agent logins,
@@ -245,7 +254,7 @@ pub fn parse(token: &str) -> Result<Parsed, Denial> {
         )));
     }
     let kid = match header.kid {
-        Some(k) if !k.is_empty() && k.len() <= 256 => k,
+        Some(k) if kid_is_nameable(&k) => k,
         Some(_) => return Err(refuse("grant key id (kid) is empty or too long")),
         None => return Err(refuse("grant header names no key id (kid)")),
     };

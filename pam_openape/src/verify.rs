@@ -146,7 +146,9 @@ pub fn check(
             ),
         ));
     }
-    if approver == c.sub && !cfg.allow_self_approval {
+    // Mail addresses name one mailbox whatever the case of their letters
+    // (in practice): `Agent@X` approving `agent@x` is still self-approval.
+    if approver.eq_ignore_ascii_case(&c.sub) && !cfg.allow_self_approval {
         return Err(refuse(
             Step::Approver,
             format!(
@@ -283,24 +285,26 @@ pub fn check_time(c: &Claims, skew: i64, now: i64) -> Result<(), Denial> {
             ),
         ));
     }
-    if let Some(iat) = c.iat {
-        if iat > now.saturating_add(skew) {
-            return Err(refuse(
-                Step::Time,
-                "grant was issued in the future (iat); check the clocks",
-            ));
-        }
-        if c.grant_type != GrantType::Timed && c.exp.saturating_sub(iat) > MAX_SHORT_LIFETIME + skew
-        {
-            return Err(refuse(
-                Step::Time,
-                format!(
-                    "{} grant lives {} s, more than {MAX_SHORT_LIFETIME} s",
-                    c.grant_type.as_str(),
-                    c.exp.saturating_sub(iat)
-                ),
-            ));
-        }
+    // The IdP puts `iat` in every grant (DESIGN: protocol facts); without
+    // it the lifetime cap of once/always grants could not be applied.
+    let Some(iat) = c.iat else {
+        return Err(refuse(Step::Time, "grant has no issue time (iat)"));
+    };
+    if iat > now.saturating_add(skew) {
+        return Err(refuse(
+            Step::Time,
+            "grant was issued in the future (iat); check the clocks",
+        ));
+    }
+    if c.grant_type != GrantType::Timed && c.exp.saturating_sub(iat) > MAX_SHORT_LIFETIME + skew {
+        return Err(refuse(
+            Step::Time,
+            format!(
+                "{} grant lives {} s, more than {MAX_SHORT_LIFETIME} s",
+                c.grant_type.as_str(),
+                c.exp.saturating_sub(iat)
+            ),
+        ));
     }
     Ok(())
 }
@@ -621,6 +625,35 @@ mod tests {
             step(allowed.check(empty, &["echo", ""])),
             Some(Step::Command)
         );
+    }
+
+    #[test]
+    fn chain_requires_iat_and_sees_self_approval_in_any_case() {
+        let Some(mut chain) = Chain::new("") else {
+            return;
+        };
+        chain.cfg.allowed_approvers.push("Agent@X".into());
+        let step = |r: Result<Verified, Denial>| r.err().map(|d| d.step);
+        let argv = serde_json::json!({"command":["id"]});
+        // The controls: the grant as the IdP signs it passes, and an
+        // approver other than the requester passes.
+        assert_eq!(step(chain.check(grant(argv.clone()), &["id"])), None);
+        // No `iat`: the 1 h cap of once grants cannot be applied (this
+        // one would live 1200 s past `exp` - 3 h = a long-lived once grant).
+        let mut no_iat = grant(serde_json::json!({"command":["id"],"exp":1000 + 3 * 3600}));
+        assert_eq!(step(chain.check(no_iat.clone(), &["id"])), Some(Step::Time));
+        if let Some(c) = no_iat.as_object_mut() {
+            c.remove("iat");
+        }
+        assert_eq!(step(chain.check(no_iat, &["id"])), Some(Step::Time));
+        let mut short_no_iat = grant(argv);
+        if let Some(c) = short_no_iat.as_object_mut() {
+            c.remove("iat");
+        }
+        assert_eq!(step(chain.check(short_no_iat, &["id"])), Some(Step::Time));
+        // The requester approving its own grant, spelt with other case.
+        let own = grant(serde_json::json!({"command":["id"],"decided_by":"Agent@X"}));
+        assert_eq!(step(chain.check(own, &["id"])), Some(Step::Approver));
     }
 
     #[test]

@@ -1085,6 +1085,47 @@ fn install_sh_allows_plain_http_to_loopback_only() {
         assert_ne!(code, Some(0), "{args:?}: {text}");
         assert!(fetched, "{args:?}: not fetched: {text}");
     }
+    // Where the kernel leaves every port to users (a network namespace
+    // with net.ipv4.ip_unprivileged_port_start = 0, as container runtimes
+    // set it), port 80 is no longer root's: refused without the yes.
+    if harness::require_root_because(
+        "skipped the ip_unprivileged_port_start = 0 case: needs root (a network namespace)",
+    ) {
+        for (url, yes) in [
+            ("http://127.0.0.1/rel", ""),
+            ("http://localhost:80/rel", ""),
+            // The control: the same URL with the explicit yes is fetched.
+            ("http://127.0.0.1/rel", "--allow-unprivileged-loopback"),
+        ] {
+            let refused = yes.is_empty();
+            let _ = fs::remove_file(dir.join("fetched"));
+            let out = Command::new("unshare")
+                .args(["--net", "--", "sh", "-c"])
+                .arg(
+                    "echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start && exec sh \"$0\" \"$@\"",
+                )
+                .arg(&script)
+                .args(Some(yes).filter(|y| !y.is_empty()))
+                .args(["--base-url", url, "--destdir"])
+                .arg(dir.join("dest"))
+                .env("PATH", format!("{}:{SANE_PATH}", dir.join("bin").display()))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            assert_ne!(out.status.code(), Some(0), "{url}: {text}");
+            assert_eq!(
+                text.contains("which any local user can bind"),
+                refused,
+                "{url}: {text}"
+            );
+            assert_eq!(
+                dir.join("fetched").exists(),
+                !refused,
+                "{url} {yes}: fetched or not: {text}"
+            );
+        }
+    }
     assert!(!dir.join("dest").exists());
     let _ = fs::remove_dir_all(&dir);
 }
