@@ -84,6 +84,35 @@ impl Drop for Temp {
     }
 }
 
+/// Remove the temp files [`Temp::create`] made for `stem` in `dir` whose
+/// process is gone: left by a run that was killed (or a crash) before its
+/// rename. For `escapes update` such a file is a setuid-root copy of a
+/// release, which must not outlive the binary it was meant to replace.
+/// Only regular files are removed (unlinked, never followed); a file of a
+/// process that still runs is left alone. Returns the names removed.
+pub fn sweep(dir: &Path, stem: &str) -> Vec<String> {
+    let prefix = format!(".{stem}.tmp-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix.as_str())) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let alive = pid != 0 && Path::new(&format!("/proc/{pid}")).exists();
+        let regular = e.file_type().is_ok_and(|t| t.is_file());
+        if !alive && regular && std::fs::remove_file(e.path()).is_ok() {
+            removed.push(name.to_string_lossy().into_owned());
+        }
+    }
+    removed
+}
+
 /// Create exactly `path`: fails if anything (a file, a symlink) is there.
 fn open_new(path: &Path, mode: u32) -> std::io::Result<File> {
     OpenOptions::new()
@@ -156,6 +185,27 @@ mod tests {
         assert!(open_new(&dangling, 0o600).is_err());
         assert!(!d.join("nowhere").exists());
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn sweep_removes_only_dead_runs_regular_files() {
+        let d = scratch("sweep");
+        // pid_max is at most 2^22: this pid cannot be running.
+        let dead = d.join(".u.tmp-4999999-7");
+        let live = d.join(format!(".u.tmp-{}-7", std::process::id()));
+        let other_stem = d.join(".v.tmp-4999999-7");
+        let link = d.join(".u.tmp-4999998-1");
+        let victim = d.join("victim");
+        for p in [&dead, &live, &other_stem, &victim] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert_eq!(sweep(&d, "u"), vec![".u.tmp-4999999-7".to_string()]);
+        assert!(!dead.exists());
+        for p in [&live, &other_stem, &victim, &link] {
+            assert!(std::fs::symlink_metadata(p).is_ok(), "{}", p.display());
+        }
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -23,7 +23,9 @@
 //! bit for group or others: an installed 4750 root:openape stays so; a
 //! plain install is 4755 root:root), is fsynced and renamed over the
 //! running binary, and the directory is fsynced. Until that rename nothing touches the old
-//! binary; on any failure the temp file is removed.
+//! binary; on any failure the temp file is removed. One left by an update
+//! that was killed or crashed between its chmod and its rename (a setuid
+//! copy of that release) is removed by the next update.
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
@@ -41,6 +43,8 @@ use crate::atomic::Temp;
 use crate::say;
 
 const ROOT: u32 = 0;
+/// Temp files of an update are `.escapes-update.tmp-PID-N`.
+const UPDATE_STEM: &str = "escapes-update";
 /// Largest binary accepted.
 pub const MAX_BINARY: u64 = 64 * 1024 * 1024;
 /// Deadline for downloading the binary.
@@ -426,7 +430,13 @@ fn install(
         .ok()
         .and_then(|h| elf_kind(&h));
 
-    let mut tmp = Temp::create(dir, "escapes-update", 0o700)
+    for name in crate::atomic::sweep(dir, UPDATE_STEM) {
+        say(&format!(
+            "removed {name} from {}: a copy left by an interrupted update",
+            dir.display()
+        ));
+    }
+    let mut tmp = Temp::create(dir, UPDATE_STEM, 0o700)
         .map_err(|e| format!("cannot create a temp file in {}: {e}", dir.display()))?;
     let f = tmp.file().map_err(|e| format!("temp file: {e}"))?;
     std::os::unix::fs::fchown(&*f, Some(ROOT), Some(ROOT))

@@ -691,6 +691,43 @@ fn update_replaces_the_running_copy_keeping_setuid_root() {
     );
 }
 
+/// An update killed (or a crash) between its chmod and its rename left
+/// its temp file: a setuid-root copy of that release beside the binary,
+/// which outlived every later update (an old, perhaps vulnerable, setuid
+/// program). The next update removes such files of runs that are gone,
+/// and leaves anything else alone.
+#[test]
+fn update_removes_a_setuid_copy_an_interrupted_update_left() {
+    let Some(w) = setup("update-leftover") else {
+        return;
+    };
+    w.release("99.0.0", small_release(), "");
+    let bin_dir = w.sb.path("bin");
+    // pid_max is at most 2^22: no process has this pid.
+    let left = bin_dir.join(".escapes-update.tmp-4999999-12345");
+    fs::copy(w.sb.escapes(), &left).unwrap();
+    fs::set_permissions(&left, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let unrelated = bin_dir.join(".escapes-other.tmp-4999999-1");
+    fs::write(&unrelated, b"x").unwrap();
+    let out = w.update_from_idp(&[]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        !left.exists(),
+        "the leftover setuid copy is still there: {out}"
+    );
+    assert!(
+        out.stderr.contains(".escapes-update.tmp-4999999-12345")
+            && out.stderr.contains("interrupted update"),
+        "{out}"
+    );
+    assert!(unrelated.exists());
+    assert_eq!(
+        leftovers(&bin_dir, &["escapes", ".escapes-other.tmp-4999999-1"]),
+        Vec::<String>::new(),
+        "{out}"
+    );
+}
+
 /// An admin who narrowed who may run the setuid binary (mode 4750, a
 /// group of its own: README, "To let only one group run escapes") keeps
 /// that across `escapes update`: the new binary takes the old one's group
