@@ -413,3 +413,76 @@ fn an_interrupt_while_waiting_is_logged_su() {
         interrupt_while_waiting(Host::Su);
     }
 }
+
+/// Closed standard descriptors (`<&- >&- 2>&-` before the host): whatever
+/// the module opens (audit log, IdP socket, cache files) takes the lowest
+/// free number, so it may be fd 0, 1 or 2 while the host or libpam write
+/// to "stdout" and "stderr", and the command as root may inherit it. The
+/// root command must not get the audit log (or anything of the module's)
+/// on 0–2, every audit line stays whole, and the run is logged.
+fn closed_standard_fds(host: Host) {
+    let idp = TestIdp::start();
+    let ps = sandbox("pam-closed-fds", &idp, host, 20, "");
+    let out_file = ps.out_path("fds");
+    let probe = format!(
+        "for n in 0 1 2; do echo \"$n $(readlink /proc/$$/fd/$n)\"; done > {} 2>&1",
+        out_file.display()
+    );
+    let (argv, cmd): (Vec<&str>, Vec<&str>) = match host {
+        Host::Sudo(_) => (
+            vec!["/bin/sh", "-c", &probe],
+            vec!["sudo", "/bin/sh", "-c", &probe],
+        ),
+        Host::Su => (vec![&probe], vec!["su", "-", "-c", &probe, "root"]),
+    };
+    let quoted: Vec<String> = cmd
+        .iter()
+        .map(|a| openape_tests::sudo_ns::shell_quote(a))
+        .collect();
+    let se = state_exec(&ps);
+    let g = idp.issue(&GrantSpec::new("testhost", &argv));
+    let before = ps.audit().len();
+    let script = format!(
+        "{se} --close 0 --close 1 --close 2 -- {}; echo rc=$? >> {}.rc",
+        quoted.join(" "),
+        out_file.display()
+    );
+    let out = ps.run(
+        &["/bin/sh", "-c", &script],
+        &[("OPENAPE_GRANT", &g.jwt)],
+        None,
+    );
+    let fds = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let rc = std::fs::read_to_string(format!("{}.rc", out_file.display())).unwrap_or_default();
+    let lines: Vec<Value> = ps.audit().split_off(before); // panics on a torn line
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "grant_run" && l["grant_id"] == g.grant_id.as_str()),
+        "{host:?}: no grant_run line ({rc}): {lines:?}\n{out}"
+    );
+    assert_eq!(idp.consume_count(&g.grant_id), 1, "{host:?}: {out}");
+    assert!(
+        fds.lines().count() == 3,
+        "{host:?}: the command did not run ({rc}): {fds:?}\n{out}"
+    );
+    for l in fds.lines() {
+        assert!(
+            !l.contains("audit") && !l.contains("socket:") && !l.contains("jwks"),
+            "{host:?}: the root command got the module's descriptor: {l}\n{fds}"
+        );
+    }
+}
+
+against_both_sudos!(closed_standard_fds_sudo);
+
+fn closed_standard_fds_sudo(imp: SudoImpl) {
+    closed_standard_fds(Host::Sudo(imp));
+}
+
+#[test]
+fn closed_standard_fds_su() {
+    if require_root() {
+        closed_standard_fds(Host::Su);
+    }
+}

@@ -360,6 +360,34 @@ fn unwritable_output_does_not_panic() {
     assert_eq!(last["step"], "host", "{last}");
 }
 
+/// Closed standard descriptors (`<&- >&- 2>&-`): what escapes opens (the
+/// audit log, the IdP socket, the cache) takes the lowest free number, and
+/// a root command that inherited the audit log as its stdout would write
+/// into it. glibc fills 0–2 of a set-user-ID program before `main`
+/// (`/dev/full`, `/dev/null`); the run is logged, every line whole, and
+/// the command sees none of escapes' files on 0–2.
+#[test]
+fn closed_standard_descriptors_do_not_reach_the_audit_log() {
+    let Some(t) = setup("closed-fds") else { return };
+    let fds = t.sb.path("fds");
+    let probe = format!(
+        "for n in 0 1 2; do echo \"$n $(readlink /proc/$$/fd/$n)\"; done > {} 2>&1",
+        fds.display()
+    );
+    let argv = vec!["/bin/sh".to_string(), "-c".into(), probe];
+    let g = t.issue(&argv);
+    let out = t.run_after("exec 0<&- 1>&- 2>&-", &g, &argv);
+    t.assert_ran(&out, &g);
+    let seen = std::fs::read_to_string(&fds).unwrap_or_default();
+    assert_eq!(seen.lines().count(), 3, "{seen:?}\n{out}");
+    for l in seen.lines() {
+        assert!(
+            !l.contains("audit") && !l.contains("socket:") && !l.contains("cache"),
+            "the root command got escapes' descriptor: {l}\n{seen}"
+        );
+    }
+}
+
 /// Item 4: with every fd piped the caller can still have a controlling
 /// terminal, and a command for a less privileged user could open
 /// /dev/tty and type into the caller's shell. It now runs detached from
