@@ -66,6 +66,21 @@ pub fn require_root_because(notice: &str) -> bool {
     }
 }
 
+/// Whether root here may raise a hard resource limit: CAP_SYS_RESOURCE
+/// (capability 24) in the bounding set. Some containers drop it even for
+/// root (this kind of CI machine does), and then a caller's hard limit
+/// stays, so a run that needs more must be refused unspent.
+pub fn can_raise_hard_limits() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("CapBnd:"))?.to_string();
+            u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 // ---------------------------------------------------------------------------
 // Build artefacts
 // ---------------------------------------------------------------------------

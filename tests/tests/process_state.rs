@@ -104,21 +104,6 @@ fn the_callers_umask_cannot_make_root_files_world_writable() {
     }
 }
 
-/// Whether root here may raise a hard limit (CAP_SYS_RESOURCE in the
-/// bounding set; some containers drop it even for root).
-/// capability(7) number of CAP_SYS_RESOURCE.
-const CAP_SYS_RESOURCE: u32 = 24;
-
-fn can_raise_hard_limits() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("CapBnd:"))?.to_string();
-            u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
-}
-
 /// Where a hard limit cannot be lifted the run must be refused before
 /// anything is consumed, and the log must stay whole.
 fn assert_refused_unspent(t: &T, out: &Output, g: &Issued) {
@@ -165,7 +150,7 @@ fn file_size_limits_cannot_stop_or_tear_the_audit_line() {
     ] {
         let g = t.issue(&argv);
         let out = t.run_after(&prelude, &g, &argv);
-        if can_raise_hard_limits() {
+        if harness::can_raise_hard_limits() {
             t.assert_ran(&out, &g);
         } else {
             assert_refused_unspent(&t, &out, &g);
@@ -265,7 +250,7 @@ fn a_tiny_descriptor_limit_still_runs_and_logs() {
     t.assert_ran(&out, &g);
     let g = t.issue(&argv);
     let out = t.run_after("ulimit -n 4", &g, &argv);
-    if can_raise_hard_limits() {
+    if harness::can_raise_hard_limits() {
         t.assert_ran(&out, &g);
     } else {
         assert_refused_unspent(&t, &out, &g);
