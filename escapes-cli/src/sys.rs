@@ -569,7 +569,8 @@ pub struct Prepared {
     envs: Vec<CString>,
     /// The command's umask: the caller's with the configured bits added.
     umask: libc::mode_t,
-    /// The caller's limits, given back to the command (as sudo does).
+    /// The caller's limits, given back to the command (as sudo does), but
+    /// no core file ([`command_limits`]).
     limits: Vec<(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)>,
 }
 
@@ -600,8 +601,27 @@ pub fn prepare(
         args,
         envs,
         umask: (caller.umask | umask) & 0o777,
-        limits: caller.limits.clone(),
+        limits: command_limits(&caller.limits),
     })
+}
+
+/// The command's limits: the caller's, except that no core file is
+/// written (soft and hard 0, sudo's default `rlimit_core`): a root
+/// command's core holds what it read as root, and the caller's `ulimit -c`
+/// must not choose that one is written.
+fn command_limits(
+    caller: &[(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)],
+) -> Vec<(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)> {
+    caller
+        .iter()
+        .map(|&(res, cur, max)| {
+            if res == libc::RLIMIT_CORE {
+                (res, 0, 0)
+            } else {
+                (res, cur, max)
+            }
+        })
+        .collect()
 }
 
 /// Can the kernel copy this exec's strings? Each argument or variable

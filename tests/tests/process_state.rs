@@ -104,6 +104,26 @@ fn the_callers_umask_cannot_make_root_files_world_writable() {
     }
 }
 
+/// The caller's `ulimit -c` does not reach the root command: sudo's
+/// default `rlimit_core` is 0, and a root command's core file holds what it
+/// read as root. The other limits go back to the command (the control:
+/// the caller's file-size limit is there).
+#[test]
+fn the_callers_core_limit_does_not_reach_the_root_command() {
+    let Some(t) = setup("rlimit-core") else {
+        return;
+    };
+    let argv = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        "echo $(ulimit -S -c) $(ulimit -H -c) $(ulimit -S -f)".into(),
+    ];
+    let g = t.issue(&argv);
+    let out = t.run_after("ulimit -S -c unlimited; ulimit -S -f 123456", &g, &argv);
+    t.assert_ran(&out, &g);
+    assert_eq!(out.stdout.trim(), "0 0 123456", "{out}");
+}
+
 /// Where a hard limit cannot be lifted the run must be refused before
 /// anything is consumed, and the log must stay whole.
 fn assert_refused_unspent(t: &T, out: &Output, g: &Issued) {
