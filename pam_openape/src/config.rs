@@ -24,30 +24,48 @@ pub const DEFAULT_AUDIENCE: &str = "escapes";
 pub const DEFAULT_RUN_AS: &str = "root";
 
 /// Variables that `env.keep` may never name: they change how shells,
-/// loaders or libraries behave, or carry grants.
+/// loaders, interpreters or libraries behave (where they load code, config
+/// or terminal descriptions from), or carry grants. The command runs as
+/// root without AT_SECURE, so nothing below escapes filters them.
 const NEVER_KEEP: &[&str] = &[
     "PATH",
     "IFS",
     "ENV",
-    "BASH_ENV",
+    "CDPATH",
+    "GLOBIGNORE",
+    "PROMPT_COMMAND",
     "SHELLOPTS",
     "BASHOPTS",
     "PS4",
+    "FPATH",
+    "NULLCMD",
+    "READNULLCMD",
+    "ZDOTDIR",
+    "TMPPREFIX",
     "GCONV_PATH",
     "NLSPATH",
     "LOCPATH",
+    "PATH_LOCALE",
     "TZDIR",
     "HOSTALIASES",
     "RES_OPTIONS",
     "LOCALDOMAIN",
     "GLIBC_TUNABLES",
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PERL5LIB",
-    "PERL5OPT",
-    "RUBYLIB",
-    "RUBYOPT",
-    "NODE_OPTIONS",
+    "GETCONF_DIR",
+    "TERMINFO",
+    "TERMINFO_DIRS",
+    "TERMCAP",
+    "TERMPATH",
+    "CLASSPATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "TCLLIBPATH",
+    "OPENSSL_CONF",
+    "OPENSSL_MODULES",
+    "OPENSSL_ENGINES",
+    "KRB5_CONFIG",
+    "KRB5_KTNAME",
     "ESCAPES_GRANT",
     "OPENAPE_GRANT",
     "HOME",
@@ -59,7 +77,16 @@ const NEVER_KEEP: &[&str] = &[
     "SUDO_GID",
     "SUDO_COMMAND",
 ];
-const NEVER_KEEP_PREFIX: &[&str] = &["LD_", "MALLOC_", "DYLD_"];
+/// Whole families: the dynamic loader and allocator, shells (`BASH_ENV`,
+/// `BASH_XTRACEFD`, …), and the interpreters' search paths and startup
+/// hooks (`PERLLIB`, `PERL5DB`, `PYTHONUSERBASE`, `PYTHONWARNINGS`,
+/// `PYTHONSTARTUP`, `RUBYLIB`, `NODE_PATH`, `LUA_INIT`, `GEM_PATH`,
+/// `GIT_EXEC_PATH`, …), each of which runs the caller's code in an
+/// approved root command of that language.
+const NEVER_KEEP_PREFIX: &[&str] = &[
+    "LD_", "MALLOC_", "DYLD_", "BASH_", "PERL", "PYTHON", "RUBY", "NODE_", "LUA_", "GEM_",
+    "BUNDLE_", "GIT_",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -823,6 +850,19 @@ mod tests {
             "PATH",
             "OPENAPE_GRANT",
             "MALLOC_CHECK_",
+            "PERLLIB",
+            "PERL5DB",
+            "PYTHONUSERBASE",
+            "PYTHONWARNINGS",
+            "PYTHONSTARTUP",
+            "RUBYOPT",
+            "NODE_PATH",
+            "LUA_INIT",
+            "BASH_XTRACEFD",
+            "TERMINFO",
+            "JAVA_TOOL_OPTIONS",
+            "OPENSSL_CONF",
+            "GIT_EXEC_PATH",
             "1X",
             "A-B",
         ] {

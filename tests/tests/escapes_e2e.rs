@@ -1014,6 +1014,90 @@ fn grant_from_openape_grant_env_var_and_a_reset_environment() {
     env_is_reset("OPENAPE_GRANT");
 }
 
+/// `[env] keep` may not name a variable that makes an interpreter load
+/// code from where the caller says: `PERLLIB` (perl reads it when
+/// `PERL5LIB` is unset) and `PYTHONUSERBASE` (python runs the `.pth` files
+/// of that user site as root) passed the old list, which named only
+/// `PERL5LIB`, `PERL5OPT`, `PYTHONPATH`, `PYTHONHOME`. A config naming one
+/// is refused (exit 1) before anything else; the approved perl/python
+/// command never sees the caller's code.
+#[test]
+fn env_keep_cannot_name_an_interpreters_load_path() {
+    let Some(t) = setup("keep-interp") else {
+        return;
+    };
+    let u = t.user;
+    // PERLLIB: a caller's strict.pm.
+    let lib = t.sb.user_dir("perllib");
+    let perl_marker = t.sb.marker_path("perl");
+    let strict = format!(
+        "package strict;\nBEGIN {{ open(my $f, '>', '{}') or die; close $f; }}\nsub import {{}}\nsub unimport {{}}\n1;\n",
+        perl_marker.display()
+    );
+    t.sb.write_file("perllib/strict.pm", strict.as_bytes(), u.uid, u.gid, 0o644);
+    // PYTHONUSERBASE: a caller's user site with a .pth line.
+    let base = t.sb.user_dir("pybase");
+    let site = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import site; print(site.getusersitepackages())"])
+        .env_clear()
+        .env("PYTHONUSERBASE", &base)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let py_marker = t.sb.marker_path("python");
+    let have_python = !site.is_empty();
+    if have_python {
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(
+            format!("{site}/openape-e2e.pth"),
+            format!(
+                "import os; open({:?}, 'w').close()\n",
+                py_marker.display().to_string()
+            ),
+        )
+        .unwrap();
+        std::process::Command::new("chown")
+            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
+            .arg(&base)
+            .status()
+            .unwrap();
+    }
+    let cases: Vec<(&str, String, Vec<String>, &str)> = vec![
+        (
+            "PERLLIB",
+            lib.display().to_string(),
+            vec!["perl".into(), "-e".into(), "use strict; print 1".into()],
+            "perl",
+        ),
+        (
+            "PYTHONUSERBASE",
+            base.display().to_string(),
+            vec!["python3".into(), "-c".into(), "print(1)".into()],
+            "python",
+        ),
+    ];
+    for (name, value, argv, marker) in cases {
+        if marker == "python" && !have_python {
+            continue;
+        }
+        let mut cfg = t.sb.config(&t.idp.issuer());
+        cfg.tail = format!("[env]\nkeep = [\"{name}\"]\n");
+        t.sb.write_config(&cfg.render());
+        let g = t.issue(&argv);
+        let mut args = vec!["--grant-stdin".to_string(), "--".into()];
+        args.extend(argv.iter().cloned());
+        let out =
+            t.sb.run_as_user(&args, &[(name, value.as_str())], Some(g.jwt.as_bytes()));
+        assert!(
+            !t.sb.marker_exists(marker),
+            "{name} from the caller ran the caller's code as root: {out}"
+        );
+        assert_eq!(out.code, 1, "{name}: {out}");
+        assert!(out.stderr.contains("not a valid configuration"), "{out}");
+        t.assert_not_consumed(&g);
+    }
+}
+
 #[test]
 fn caller_path_cannot_choose_the_program() {
     let Some(t) = setup("path-hijack") else {
