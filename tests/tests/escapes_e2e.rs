@@ -1098,6 +1098,68 @@ fn env_keep_cannot_name_an_interpreters_load_path() {
     }
 }
 
+/// `TZ`, when `[env] keep` names it, passes only as sudo's env_check lets
+/// it: a zone name, a path inside /usr/share/zoneinfo or a POSIX rule.
+/// It passed unchecked, so the caller chose a file the root command opens
+/// and parses: `../../../../etc/shadow`, its own file, or a FIFO it holds
+/// (the approved `date` hung there until the caller let it go).
+#[test]
+fn a_kept_tz_cannot_point_a_root_command_at_a_callers_file() {
+    let Some(t) = setup("keep-tz") else {
+        return;
+    };
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.tail = "[env]\nkeep = [\"TZ\"]\n".into();
+    t.sb.write_config(&cfg.render());
+    let dir = t.sb.user_dir("tz");
+    let argv: Vec<String> = vec!["env".into()];
+    let cases = [
+        ("Europe/Vienna", true),
+        (":/usr/share/zoneinfo/UTC", true),
+        ("EST5EDT,M3.2.0/2,M11.1.0/2", true),
+        ("../../../../etc/shadow", false),
+        (":/etc/shadow", false),
+        ("/usr/share/zoneinfo/../../../etc/shadow", false),
+    ];
+    for (tz, kept) in cases {
+        let g = t.issue(&argv);
+        let out = t.sb.run_as_user(
+            &["--grant-stdin", "--", "env"],
+            &[("TZ", tz)],
+            Some(g.jwt.as_bytes()),
+        );
+        assert_eq!(out.code, 0, "{out}");
+        let env = env_map(&out.stdout);
+        if kept {
+            assert_eq!(env.get("TZ").map(String::as_str), Some(tz), "{out}");
+        } else {
+            assert!(!env.contains_key("TZ"), "TZ={tz} reached root: {out}");
+        }
+    }
+    // A FIFO of the caller's: `date` as root opened it and waited there.
+    let fifo = dir.join("zone");
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "0666"])
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let argv: Vec<String> = vec!["date".into()];
+    let g = t.issue(&argv);
+    let fifo_tz = fifo.display().to_string();
+    let out =
+        t.sb.escapes_run(&["--grant-stdin", "--", "date"])
+            .envs([("TZ", fifo_tz.as_str())])
+            .as_test_user()
+            .stdin(g.jwt.as_bytes())
+            .timeout(Duration::from_secs(5))
+            .output();
+    assert_eq!(
+        out.code, 0,
+        "the root command opened the caller's FIFO and hung there: {out}"
+    );
+}
+
 #[test]
 fn caller_path_cannot_choose_the_program() {
     let Some(t) = setup("path-hijack") else {
