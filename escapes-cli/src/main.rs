@@ -114,7 +114,7 @@ fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>, state: &sys::Ca
         }
         Action::Trust(args) => trust::run(&args),
         Action::Update(args) => update::run(&args),
-        Action::Enroll(args) => enroll::run(&args),
+        Action::Enroll(args) => enroll::run(&args, state.umask),
         Action::Run(opts) => elevate(&opts, &snapshot, state),
         Action::Verify(opts) => dry_run(&opts, &snapshot),
     }
