@@ -937,6 +937,24 @@ fn verify_checks_everything_and_consumes_runs_and_logs_nothing() {
     assert!(!t.sb.marker_exists("m"));
     t.assert_not_consumed(&bad);
 
+    // Options a run refuses are refused by the dry run too (it said
+    // "passes every local check" for them, and the run then failed).
+    for (opts, code) in [
+        (&["--preserve-env=SSH_AUTH_SOCK"][..], 1),
+        (&["-g", "daemon"][..], 5),
+    ] {
+        let mut a = vec!["verify".to_string()];
+        a.extend(opts.iter().map(|o| o.to_string()));
+        a.extend(args[1..].iter().cloned());
+        let out = t.sb.run_as_user(&a, &[], Some(g.jwt.as_bytes()));
+        assert_eq!(out.code, code, "{opts:?}: {out}");
+        assert!(!out.stdout.contains("passes every local check"), "{out}");
+        let run = t.run(&g.jwt, opts, &argv);
+        assert_eq!(run.code, code, "{opts:?}: {run}");
+    }
+    assert!(!t.sb.marker_exists("m"));
+    t.assert_not_consumed(&g);
+
     // The grant is still good for a real run afterwards.
     let out = t.run(&g.jwt, &[], &argv);
     assert_eq!(out.code, 0, "{out}");
