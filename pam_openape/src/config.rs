@@ -25,7 +25,8 @@ pub const DEFAULT_RUN_AS: &str = "root";
 
 /// Variables that `env.keep` may never name: they change how shells,
 /// loaders, interpreters or libraries behave (where they load code, config
-/// or terminal descriptions from), or carry grants. The command runs as
+/// or terminal descriptions from), name a program that an approved command
+/// starts (`EDITOR`, `PAGER`, askpass helpers), or carry grants. The command runs as
 /// root without AT_SECURE, so nothing below escapes filters them.
 const NEVER_KEEP: &[&str] = &[
     "PATH",
@@ -66,6 +67,26 @@ const NEVER_KEEP: &[&str] = &[
     "OPENSSL_ENGINES",
     "KRB5_CONFIG",
     "KRB5_KTNAME",
+    "XDG_CONFIG_HOME",
+    "XDG_CONFIG_DIRS",
+    "XDG_DATA_HOME",
+    "XDG_DATA_DIRS",
+    "EDITOR",
+    "VISUAL",
+    "SUDO_EDITOR",
+    "PAGER",
+    "MANPAGER",
+    "SYSTEMD_PAGER",
+    "SYSTEMD_EDITOR",
+    "BROWSER",
+    "SUDO_ASKPASS",
+    "SSH_ASKPASS",
+    "VIMINIT",
+    "EXINIT",
+    "MYVIMRC",
+    "HISTFILE",
+    "WGETRC",
+    "CURL_HOME",
     "ESCAPES_GRANT",
     "OPENAPE_GRANT",
     "HOME",
@@ -82,10 +103,11 @@ const NEVER_KEEP: &[&str] = &[
 /// hooks (`PERLLIB`, `PERL5DB`, `PYTHONUSERBASE`, `PYTHONWARNINGS`,
 /// `PYTHONSTARTUP`, `RUBYLIB`, `NODE_PATH`, `LUA_INIT`, `GEM_PATH`,
 /// `GIT_EXEC_PATH`, …), each of which runs the caller's code in an
-/// approved root command of that language.
+/// approved root command of that language, and less's (`LESSOPEN` runs a
+/// command for every file an approved `less` shows, even into a pipe).
 const NEVER_KEEP_PREFIX: &[&str] = &[
     "LD_", "MALLOC_", "DYLD_", "BASH_", "PERL", "PYTHON", "RUBY", "NODE_", "LUA_", "GEM_",
-    "BUNDLE_", "GIT_",
+    "BUNDLE_", "GIT_", "LESS",
 ];
 
 #[derive(Deserialize)]
@@ -863,6 +885,10 @@ mod tests {
             "JAVA_TOOL_OPTIONS",
             "OPENSSL_CONF",
             "GIT_EXEC_PATH",
+            "LESSOPEN",
+            "PAGER",
+            "EDITOR",
+            "XDG_CONFIG_HOME",
             "1X",
             "A-B",
         ] {

@@ -1032,15 +1032,16 @@ fn grant_from_openape_grant_env_var_and_a_reset_environment() {
     env_is_reset("OPENAPE_GRANT");
 }
 
-/// `[env] keep` may not name a variable that makes an interpreter load
-/// code from where the caller says: `PERLLIB` (perl reads it when
-/// `PERL5LIB` is unset) and `PYTHONUSERBASE` (python runs the `.pth` files
-/// of that user site as root) passed the old list, which named only
-/// `PERL5LIB`, `PERL5OPT`, `PYTHONPATH`, `PYTHONHOME`. A config naming one
-/// is refused (exit 1) before anything else; the approved perl/python
+/// `[env] keep` may not name a variable that makes an approved command run
+/// the caller's code: `PERLLIB` (perl reads it when `PERL5LIB` is unset),
+/// `PYTHONUSERBASE` (python runs the `.pth` files of that user site as
+/// root) and `LESSOPEN` (less runs it for every file, even into a pipe)
+/// passed the old list, which named only `PERL5LIB`, `PERL5OPT`,
+/// `PYTHONPATH`, `PYTHONHOME` of such variables. A config naming one is
+/// refused (exit 1) before anything else; the approved perl/python/less
 /// command never sees the caller's code.
 #[test]
-fn env_keep_cannot_name_an_interpreters_load_path() {
+fn env_keep_cannot_name_a_variable_that_runs_the_callers_code() {
     let Some(t) = setup("keep-interp") else {
         return;
     };
@@ -1092,6 +1093,12 @@ fn env_keep_cannot_name_an_interpreters_load_path() {
             base.display().to_string(),
             vec!["python3".into(), "-c".into(), "print(1)".into()],
             "python",
+        ),
+        (
+            "LESSOPEN",
+            format!("|touch {}; cat %s", t.sb.marker_path("less").display()),
+            vec!["less".into(), "/etc/hostname".into()],
+            "less",
         ),
     ];
     for (name, value, argv, marker) in cases {
