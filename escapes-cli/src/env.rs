@@ -199,6 +199,35 @@ mod tests {
     }
 
     #[test]
+    fn a_name_given_twice_passes_once_with_the_value_that_was_checked() {
+        let s = snap(&[
+            ("LANG", "../../tmp/x"),
+            ("LANG", "C.UTF-8"),
+            ("LANG", "de_AT.UTF-8"),
+            ("TERM", "/tmp/t"),
+            ("HOME", "/tmp/a"),
+            ("HOME", "/tmp/b"),
+        ]);
+        let cmd = [OsString::from("id")];
+        let id = Identity {
+            target_name: "root",
+            target_home: OsStr::new("/root"),
+            target_shell: OsStr::new("/bin/sh"),
+            caller_name: "alice",
+            caller_uid: 1000,
+            caller_gid: 1000,
+            command: &cmd,
+        };
+        let env = target_env(&s, &[], "/usr/bin", &id);
+        for name in ["LANG", "TERM", "HOME"] {
+            assert_eq!(env.iter().filter(|(k, _)| k == name).count(), 1, "{name}");
+        }
+        assert_eq!(get(&env, "LANG"), Some("C.UTF-8"));
+        assert_eq!(get(&env, "TERM"), Some("unknown"));
+        assert_eq!(get(&env, "HOME"), Some("/root"));
+    }
+
+    #[test]
     fn a_kept_tz_is_a_zone_or_a_rule_never_a_path_of_the_callers() {
         for ok in [
             "Europe/Vienna",
