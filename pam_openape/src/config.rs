@@ -112,6 +112,14 @@ const NEVER_KEEP_PREFIX: &[&str] = &[
     "LD_", "MALLOC_", "DYLD_", "BASH_", "PERL", "PYTHON", "RUBY", "NODE_", "LUA_", "GEM_",
     "BUNDLE_", "GIT_", "LESS",
 ];
+/// Plain data inside a refused family, kept working for configs that pass
+/// them (commits made as root under etckeeper, for one).
+const KEEP_DESPITE_PREFIX: &[&str] = &[
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -594,7 +602,8 @@ impl Config {
                 ));
             }
             if NEVER_KEEP.contains(&name.as_str())
-                || NEVER_KEEP_PREFIX.iter().any(|p| name.starts_with(p))
+                || (NEVER_KEEP_PREFIX.iter().any(|p| name.starts_with(p))
+                    && !KEEP_DESPITE_PREFIX.contains(&name.as_str()))
             {
                 return Err(config_err(
                     path,
@@ -900,6 +909,12 @@ mod tests {
             assert!(parse(&text).is_err(), "{bad} accepted");
         }
         assert!(parse(&format!("{MIN}[env]\nkeep = [\"SSH_AUTH_SOCK\"]\n")).is_ok());
+        assert!(
+            parse(&format!(
+                "{MIN}[env]\nkeep = [\"GIT_AUTHOR_NAME\", \"GIT_COMMITTER_EMAIL\"]\n"
+            ))
+            .is_ok()
+        );
     }
 
     #[test]
