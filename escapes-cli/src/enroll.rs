@@ -80,8 +80,9 @@ fn parse(args: &[OsString]) -> Result<Option<Args>, String> {
     }))
 }
 
-/// `escapes enroll`. Drops privileges first, then works as the caller.
-pub fn run(args: &[OsString]) -> i32 {
+/// `escapes enroll`. Drops privileges first, then works as the caller,
+/// with the caller's umask again (escapes set 077 for itself at start).
+pub fn run(args: &[OsString], caller_umask: u32) -> i32 {
     // First thing: become the caller for good (real, effective and saved
     // ids; the groups this process holds, never one the caller dropped).
     // Nothing below runs as root.
@@ -101,6 +102,11 @@ pub fn run(args: &[OsString]) -> i32 {
         say(&format!("enroll: cannot drop privileges: {e}"));
         return 1;
     }
+    // The files below are the caller's own, made as the caller would make
+    // them (the modes asked for are at most 0600 / 0644 / 0700).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(
+        (caller_umask & 0o777) as libc::mode_t,
+    ));
     let a = match parse(args) {
         Ok(Some(a)) => a,
         Ok(None) => {

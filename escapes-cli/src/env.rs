@@ -26,9 +26,29 @@ fn value_ok(name: &str, value: &OsStr) -> bool {
     if v.starts_with(b"() ") || v.len() > 4096 {
         return false;
     }
+    if name == "TZ" {
+        return tz_ok(v);
+    }
     let checked =
         matches!(name, "TERM" | "COLORTERM" | "LANG" | "LANGUAGE") || name.starts_with("LC_");
     !(checked && v.iter().any(|&b| b == b'/' || b == b'%'))
+}
+
+/// Where the C library looks up a zone name that is not a path.
+const ZONEINFO: &[u8] = b"/usr/share/zoneinfo/";
+
+/// `TZ` (only ever passed when `[env] keep` names it) as sudo's env_check
+/// takes it: a zone name below the zoneinfo directory, a path inside it,
+/// or a POSIX rule (`EST5EDT,M3.2.0/2,M11.1.0/2`); printable, no white
+/// space, no `..` element, shorter than PATH_MAX. Anything else would make
+/// the root command open and parse a file of the caller's choosing (its
+/// own, a FIFO that blocks, a device that acts when opened).
+fn tz_ok(v: &[u8]) -> bool {
+    let v = v.strip_prefix(b":").unwrap_or(v);
+    v.len() < 4096
+        && (v.first() != Some(&b'/') || v.starts_with(ZONEINFO))
+        && v.iter().all(u8::is_ascii_graphic)
+        && !v.split(|&b| b == b'/').any(|part| part == b"..")
 }
 
 /// Who and what, for the identity variables.
@@ -176,6 +196,64 @@ mod tests {
         assert_eq!(get(&env, "DISPLAY"), Some(":0"));
         assert_eq!(get(&env, "SSH_AUTH_SOCK"), Some("/run/user/1000/ssh"));
         assert_eq!(env.iter().filter(|(k, _)| k == "PATH").count(), 1);
+    }
+
+    #[test]
+    fn a_name_given_twice_passes_once_with_the_value_that_was_checked() {
+        let s = snap(&[
+            ("LANG", "../../tmp/x"),
+            ("LANG", "C.UTF-8"),
+            ("LANG", "de_AT.UTF-8"),
+            ("TERM", "/tmp/t"),
+            ("HOME", "/tmp/a"),
+            ("HOME", "/tmp/b"),
+        ]);
+        let cmd = [OsString::from("id")];
+        let id = Identity {
+            target_name: "root",
+            target_home: OsStr::new("/root"),
+            target_shell: OsStr::new("/bin/sh"),
+            caller_name: "alice",
+            caller_uid: 1000,
+            caller_gid: 1000,
+            command: &cmd,
+        };
+        let env = target_env(&s, &[], "/usr/bin", &id);
+        for name in ["LANG", "TERM", "HOME"] {
+            assert_eq!(env.iter().filter(|(k, _)| k == name).count(), 1, "{name}");
+        }
+        assert_eq!(get(&env, "LANG"), Some("C.UTF-8"));
+        assert_eq!(get(&env, "TERM"), Some("unknown"));
+        assert_eq!(get(&env, "HOME"), Some("/root"));
+    }
+
+    #[test]
+    fn a_kept_tz_is_a_zone_or_a_rule_never_a_path_of_the_callers() {
+        for ok in [
+            "Europe/Vienna",
+            ":Europe/Vienna",
+            "UTC",
+            "/usr/share/zoneinfo/Asia/Tokyo",
+            ":/usr/share/zoneinfo/UTC",
+            "EST5EDT,M3.2.0/2,M11.1.0/2",
+            "<+0330>-3:30",
+        ] {
+            assert!(value_ok("TZ", OsStr::new(ok)), "{ok} refused");
+        }
+        for bad in [
+            "../../../../etc/shadow",
+            ":/etc/shadow",
+            "/tmp/zone",
+            "/usr/share/zoneinfo/../../../tmp/zone",
+            "Europe/../../../../tmp/zone",
+            "..",
+            "/usr/share/zoneinfoX/UTC",
+            "Europe/Vienna ",
+            "Europe/Vi\nenna",
+            &"A".repeat(4096),
+        ] {
+            assert!(!value_ok("TZ", OsStr::new(bad)), "{bad:?} passed");
+        }
     }
 
     #[test]

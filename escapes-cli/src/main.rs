@@ -114,7 +114,7 @@ fn run(args: Vec<OsString>, snapshot: Vec<(OsString, OsString)>, state: &sys::Ca
         }
         Action::Trust(args) => trust::run(&args),
         Action::Update(args) => update::run(&args),
-        Action::Enroll(args) => enroll::run(&args),
+        Action::Enroll(args) => enroll::run(&args, state.umask),
         Action::Run(opts) => elevate(&opts, &snapshot, state),
         Action::Verify(opts) => dry_run(&opts, &snapshot),
     }
@@ -691,6 +691,8 @@ fn dry_run(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
     let result = (|| -> Result<(), Denial> {
         let caller = sys::caller().map_err(|e| Denial::new(Step::Caller, Kind::Io, e))?;
         let requested = requested_user(opts)?;
+        // What a run would refuse before the grant is read, refused here too.
+        check_preserve_env(opts, &cfg)?;
         let argv = utf8_argv(&opts.command)?;
         let token = read_grant(opts, snapshot, &caller)?;
         outln!(
@@ -728,6 +730,10 @@ fn dry_run(opts: &Opts, snapshot: &[(OsString, OsString)]) -> i32 {
             target.name,
             target.uid
         );
+        if opts.group.is_some() {
+            let gid = primary_group(opts, &target)?;
+            outln!("  ok    {:<12} gid {gid}", "group");
+        }
         if !opts.command.is_empty() {
             let program = resolve_program(&opts.command, &cfg.secure_path)?;
             outln!("  ok    {:<12} {}", "program", program.display());

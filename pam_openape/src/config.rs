@@ -24,30 +24,72 @@ pub const DEFAULT_AUDIENCE: &str = "escapes";
 pub const DEFAULT_RUN_AS: &str = "root";
 
 /// Variables that `env.keep` may never name: they change how shells,
-/// loaders or libraries behave, or carry grants.
+/// loaders, interpreters or libraries behave (where they load code, config
+/// or terminal descriptions from), name a program that an approved command
+/// starts (`EDITOR`, `PAGER`, askpass helpers), or carry grants. The command runs as
+/// root without AT_SECURE, so nothing below escapes filters them.
 const NEVER_KEEP: &[&str] = &[
     "PATH",
     "IFS",
     "ENV",
-    "BASH_ENV",
+    "CDPATH",
+    "GLOBIGNORE",
+    "PROMPT_COMMAND",
     "SHELLOPTS",
     "BASHOPTS",
     "PS4",
+    "FPATH",
+    "NULLCMD",
+    "READNULLCMD",
+    "ZDOTDIR",
+    "TMPPREFIX",
     "GCONV_PATH",
     "NLSPATH",
     "LOCPATH",
+    "PATH_LOCALE",
     "TZDIR",
     "HOSTALIASES",
     "RES_OPTIONS",
     "LOCALDOMAIN",
     "GLIBC_TUNABLES",
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PERL5LIB",
-    "PERL5OPT",
-    "RUBYLIB",
-    "RUBYOPT",
-    "NODE_OPTIONS",
+    "GETCONF_DIR",
+    "NIS_PATH",
+    "RESOLV_HOST_CONF",
+    "TMPDIR",
+    "TERMINFO",
+    "TERMINFO_DIRS",
+    "TERMCAP",
+    "TERMPATH",
+    "CLASSPATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "TCLLIBPATH",
+    "OPENSSL_CONF",
+    "OPENSSL_MODULES",
+    "OPENSSL_ENGINES",
+    "KRB5_CONFIG",
+    "KRB5_KTNAME",
+    "XDG_CONFIG_HOME",
+    "XDG_CONFIG_DIRS",
+    "XDG_DATA_HOME",
+    "XDG_DATA_DIRS",
+    "EDITOR",
+    "VISUAL",
+    "SUDO_EDITOR",
+    "PAGER",
+    "MANPAGER",
+    "SYSTEMD_PAGER",
+    "SYSTEMD_EDITOR",
+    "BROWSER",
+    "SUDO_ASKPASS",
+    "SSH_ASKPASS",
+    "VIMINIT",
+    "EXINIT",
+    "MYVIMRC",
+    "HISTFILE",
+    "WGETRC",
+    "CURL_HOME",
     "ESCAPES_GRANT",
     "OPENAPE_GRANT",
     "HOME",
@@ -59,7 +101,25 @@ const NEVER_KEEP: &[&str] = &[
     "SUDO_GID",
     "SUDO_COMMAND",
 ];
-const NEVER_KEEP_PREFIX: &[&str] = &["LD_", "MALLOC_", "DYLD_"];
+/// Whole families: the dynamic loader and allocator, shells (`BASH_ENV`,
+/// `BASH_XTRACEFD`, …), and the interpreters' search paths and startup
+/// hooks (`PERLLIB`, `PERL5DB`, `PYTHONUSERBASE`, `PYTHONWARNINGS`,
+/// `PYTHONSTARTUP`, `RUBYLIB`, `NODE_PATH`, `LUA_INIT`, `GEM_PATH`,
+/// `GIT_EXEC_PATH`, …), each of which runs the caller's code in an
+/// approved root command of that language, and less's (`LESSOPEN` runs a
+/// command for every file an approved `less` shows, even into a pipe).
+const NEVER_KEEP_PREFIX: &[&str] = &[
+    "LD_", "MALLOC_", "DYLD_", "BASH_", "PERL", "PYTHON", "RUBY", "NODE_", "LUA_", "GEM_",
+    "BUNDLE_", "GIT_", "LESS",
+];
+/// Plain data inside a refused family, kept working for configs that pass
+/// them (commits made as root under etckeeper, for one).
+const KEEP_DESPITE_PREFIX: &[&str] = &[
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -542,7 +602,8 @@ impl Config {
                 ));
             }
             if NEVER_KEEP.contains(&name.as_str())
-                || NEVER_KEEP_PREFIX.iter().any(|p| name.starts_with(p))
+                || (NEVER_KEEP_PREFIX.iter().any(|p| name.starts_with(p))
+                    && !KEEP_DESPITE_PREFIX.contains(&name.as_str()))
             {
                 return Err(config_err(
                     path,
@@ -823,6 +884,24 @@ mod tests {
             "PATH",
             "OPENAPE_GRANT",
             "MALLOC_CHECK_",
+            "PERLLIB",
+            "PERL5DB",
+            "PYTHONUSERBASE",
+            "PYTHONWARNINGS",
+            "PYTHONSTARTUP",
+            "RUBYOPT",
+            "NODE_PATH",
+            "LUA_INIT",
+            "BASH_XTRACEFD",
+            "TERMINFO",
+            "JAVA_TOOL_OPTIONS",
+            "OPENSSL_CONF",
+            "GIT_EXEC_PATH",
+            "LESSOPEN",
+            "TMPDIR",
+            "PAGER",
+            "EDITOR",
+            "XDG_CONFIG_HOME",
             "1X",
             "A-B",
         ] {
@@ -830,6 +909,12 @@ mod tests {
             assert!(parse(&text).is_err(), "{bad} accepted");
         }
         assert!(parse(&format!("{MIN}[env]\nkeep = [\"SSH_AUTH_SOCK\"]\n")).is_ok());
+        assert!(
+            parse(&format!(
+                "{MIN}[env]\nkeep = [\"GIT_AUTHOR_NAME\", \"GIT_COMMITTER_EMAIL\"]\n"
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

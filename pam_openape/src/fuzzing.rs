@@ -864,6 +864,8 @@ fn config_checks(c: &Config) {
         assert!(
             !name.starts_with("LD_")
                 && !name.starts_with("MALLOC_")
+                && !name.starts_with("PERL")
+                && !name.starts_with("PYTHON")
                 && !matches!(
                     name.as_str(),
                     "PATH" | "IFS" | "ENV" | "BASH_ENV" | "GCONV_PATH" | "HOME" | "OPENAPE_GRANT"

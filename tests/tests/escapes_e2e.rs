@@ -937,6 +937,24 @@ fn verify_checks_everything_and_consumes_runs_and_logs_nothing() {
     assert!(!t.sb.marker_exists("m"));
     t.assert_not_consumed(&bad);
 
+    // Options a run refuses are refused by the dry run too (it said
+    // "passes every local check" for them, and the run then failed).
+    for (opts, code) in [
+        (&["--preserve-env=SSH_AUTH_SOCK"][..], 1),
+        (&["-g", "daemon"][..], 5),
+    ] {
+        let mut a = vec!["verify".to_string()];
+        a.extend(opts.iter().map(|o| o.to_string()));
+        a.extend(args[1..].iter().cloned());
+        let out = t.sb.run_as_user(&a, &[], Some(g.jwt.as_bytes()));
+        assert_eq!(out.code, code, "{opts:?}: {out}");
+        assert!(!out.stdout.contains("passes every local check"), "{out}");
+        let run = t.run(&g.jwt, opts, &argv);
+        assert_eq!(run.code, code, "{opts:?}: {run}");
+    }
+    assert!(!t.sb.marker_exists("m"));
+    t.assert_not_consumed(&g);
+
     // The grant is still good for a real run afterwards.
     let out = t.run(&g.jwt, &[], &argv);
     assert_eq!(out.code, 0, "{out}");
@@ -1012,6 +1030,159 @@ fn grant_from_escapes_grant_env_var_and_a_reset_environment() {
 #[test]
 fn grant_from_openape_grant_env_var_and_a_reset_environment() {
     env_is_reset("OPENAPE_GRANT");
+}
+
+/// `[env] keep` may not name a variable that makes an approved command run
+/// the caller's code: `PERLLIB` (perl reads it when `PERL5LIB` is unset),
+/// `PYTHONUSERBASE` (python runs the `.pth` files of that user site as
+/// root) and `LESSOPEN` (less runs it for every file, even into a pipe)
+/// passed the old list, which named only `PERL5LIB`, `PERL5OPT`,
+/// `PYTHONPATH`, `PYTHONHOME` of such variables. A config naming one is
+/// refused (exit 1) before anything else; the approved perl/python/less
+/// command never sees the caller's code.
+#[test]
+fn env_keep_cannot_name_a_variable_that_runs_the_callers_code() {
+    let Some(t) = setup("keep-interp") else {
+        return;
+    };
+    let u = t.user;
+    // PERLLIB: a caller's strict.pm.
+    let lib = t.sb.user_dir("perllib");
+    let perl_marker = t.sb.marker_path("perl");
+    let strict = format!(
+        "package strict;\nBEGIN {{ open(my $f, '>', '{}') or die; close $f; }}\nsub import {{}}\nsub unimport {{}}\n1;\n",
+        perl_marker.display()
+    );
+    t.sb.write_file("perllib/strict.pm", strict.as_bytes(), u.uid, u.gid, 0o644);
+    // PYTHONUSERBASE: a caller's user site with a .pth line.
+    let base = t.sb.user_dir("pybase");
+    let site = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import site; print(site.getusersitepackages())"])
+        .env_clear()
+        .env("PYTHONUSERBASE", &base)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let py_marker = t.sb.marker_path("python");
+    let have_python = !site.is_empty();
+    if have_python {
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(
+            format!("{site}/openape-e2e.pth"),
+            format!(
+                "import os; open({:?}, 'w').close()\n",
+                py_marker.display().to_string()
+            ),
+        )
+        .unwrap();
+        std::process::Command::new("chown")
+            .args(["-R", &format!("{}:{}", u.uid, u.gid)])
+            .arg(&base)
+            .status()
+            .unwrap();
+    }
+    let cases: Vec<(&str, String, Vec<String>, &str)> = vec![
+        (
+            "PERLLIB",
+            lib.display().to_string(),
+            vec!["perl".into(), "-e".into(), "use strict; print 1".into()],
+            "perl",
+        ),
+        (
+            "PYTHONUSERBASE",
+            base.display().to_string(),
+            vec!["python3".into(), "-c".into(), "print(1)".into()],
+            "python",
+        ),
+        (
+            "LESSOPEN",
+            format!("|touch {}; cat %s", t.sb.marker_path("less").display()),
+            vec!["less".into(), "/etc/hostname".into()],
+            "less",
+        ),
+    ];
+    for (name, value, argv, marker) in cases {
+        if marker == "python" && !have_python {
+            continue;
+        }
+        let mut cfg = t.sb.config(&t.idp.issuer());
+        cfg.tail = format!("[env]\nkeep = [\"{name}\"]\n");
+        t.sb.write_config(&cfg.render());
+        let g = t.issue(&argv);
+        let mut args = vec!["--grant-stdin".to_string(), "--".into()];
+        args.extend(argv.iter().cloned());
+        let out =
+            t.sb.run_as_user(&args, &[(name, value.as_str())], Some(g.jwt.as_bytes()));
+        assert!(
+            !t.sb.marker_exists(marker),
+            "{name} from the caller ran the caller's code as root: {out}"
+        );
+        assert_eq!(out.code, 1, "{name}: {out}");
+        assert!(out.stderr.contains("not a valid configuration"), "{out}");
+        t.assert_not_consumed(&g);
+    }
+}
+
+/// `TZ`, when `[env] keep` names it, passes only as sudo's env_check lets
+/// it: a zone name, a path inside /usr/share/zoneinfo or a POSIX rule.
+/// It passed unchecked, so the caller chose a file the root command opens
+/// and parses: `../../../../etc/shadow`, its own file, or a FIFO it holds
+/// (the approved `date` hung there until the caller let it go).
+#[test]
+fn a_kept_tz_cannot_point_a_root_command_at_a_callers_file() {
+    let Some(t) = setup("keep-tz") else {
+        return;
+    };
+    let mut cfg = t.sb.config(&t.idp.issuer());
+    cfg.tail = "[env]\nkeep = [\"TZ\"]\n".into();
+    t.sb.write_config(&cfg.render());
+    let dir = t.sb.user_dir("tz");
+    let argv: Vec<String> = vec!["env".into()];
+    let cases = [
+        ("Europe/Vienna", true),
+        (":/usr/share/zoneinfo/UTC", true),
+        ("EST5EDT,M3.2.0/2,M11.1.0/2", true),
+        ("../../../../etc/shadow", false),
+        (":/etc/shadow", false),
+        ("/usr/share/zoneinfo/../../../etc/shadow", false),
+    ];
+    for (tz, kept) in cases {
+        let g = t.issue(&argv);
+        let out = t.sb.run_as_user(
+            &["--grant-stdin", "--", "env"],
+            &[("TZ", tz)],
+            Some(g.jwt.as_bytes()),
+        );
+        assert_eq!(out.code, 0, "{out}");
+        let env = env_map(&out.stdout);
+        if kept {
+            assert_eq!(env.get("TZ").map(String::as_str), Some(tz), "{out}");
+        } else {
+            assert!(!env.contains_key("TZ"), "TZ={tz} reached root: {out}");
+        }
+    }
+    // A FIFO of the caller's: `date` as root opened it and waited there.
+    let fifo = dir.join("zone");
+    let made = std::process::Command::new("mkfifo")
+        .args(["-m", "0666"])
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let argv: Vec<String> = vec!["date".into()];
+    let g = t.issue(&argv);
+    let fifo_tz = fifo.display().to_string();
+    let out =
+        t.sb.escapes_run(&["--grant-stdin", "--", "date"])
+            .envs([("TZ", fifo_tz.as_str())])
+            .as_test_user()
+            .stdin(g.jwt.as_bytes())
+            .timeout(Duration::from_secs(5))
+            .output();
+    assert_eq!(
+        out.code, 0,
+        "the root command opened the caller's FIFO and hung there: {out}"
+    );
 }
 
 #[test]

@@ -733,6 +733,13 @@ fn enroll_creates_a_key_and_request_mode_then_works() {
         (key_meta.uid(), key_meta.mode() & 0o777),
         (t.user.uid, 0o600)
     );
+    // KEY.pub is 0644 as documented (the caller's umask, 022 here, not
+    // the 077 escapes sets for itself).
+    let pub_meta = fs::metadata(t.home.join(".ssh/id_ed25519.pub")).unwrap();
+    assert_eq!(
+        (pub_meta.uid(), pub_meta.mode() & 0o777),
+        (t.user.uid, 0o644)
+    );
     let cfg = fs::read_to_string(t.home.join(".config/apes/config.toml")).unwrap();
     assert!(cfg.contains("[agent]") && cfg.contains(email), "{cfg}");
     t.idp.set_auto_approve(Some(APPROVER));
