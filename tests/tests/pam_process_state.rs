@@ -32,6 +32,14 @@ enum Host {
 }
 
 impl Host {
+    /// The host's name and version, for messages.
+    fn label(self) -> String {
+        match self {
+            Host::Sudo(imp) => imp.label(),
+            Host::Su => "su".into(),
+        }
+    }
+
     /// The granted argv and the host's command line for it.
     fn command(self) -> (Vec<&'static str>, Vec<&'static str>) {
         match self {
@@ -79,10 +87,7 @@ fn state_exec(ps: &PamSandbox) -> String {
 /// and the host may die of a held signal only after it.
 fn consume_window(host: Host) {
     let idp = TestIdp::start();
-    let label = match host {
-        Host::Sudo(imp) => imp.label(),
-        Host::Su => "su".into(),
-    };
+    let label = host.label();
     let ps = sandbox("pam-consume-window", &idp, host, 20, "");
     let (argv, cmd) = host.command();
     let quoted: Vec<String> = cmd
@@ -496,10 +501,7 @@ fn closed_standard_fds_su() {
 /// no line is torn.
 fn hostile_state(host: Host) {
     let idp = TestIdp::start();
-    let label = match host {
-        Host::Sudo(imp) => imp.label(),
-        Host::Su => "su".into(),
-    };
+    let label = host.label();
     let ps = sandbox("pam-hostile-state", &idp, host, 20, "");
     let (argv, cmd) = host.command();
     let quoted: Vec<String> = cmd
