@@ -296,18 +296,28 @@ fn other_service_allowed(args: &Args, service: &str) -> Result<(), Denial> {
     Ok(())
 }
 
+/// The target named on the command line, if it names one account without
+/// doubt (a second name of uid 0, a name two uids share, an id of
+/// 4294967295 are refused: see [`crate::users`]).
 fn resolve_name(spec: &UserSpec) -> Result<String, Denial> {
     let found = match spec {
-        UserSpec::Name(n) => nix::unistd::User::from_name(n),
-        UserSpec::Uid(u) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*u)),
+        UserSpec::Name(n) => crate::users::by_name(n),
+        UserSpec::Uid(u) => crate::users::by_uid(*u),
     };
     match found {
-        Ok(Some(u)) => Ok(u.name),
-        _ => Err(Denial::new(
+        Ok(u) => Ok(u.name),
+        Err(crate::users::TargetError::Unknown) => Err(Denial::new(
             Step::TargetUser,
             Kind::Refused,
             "unknown target user",
         )),
+        Err(e) => {
+            let asked = match spec {
+                UserSpec::Name(n) => n.clone(),
+                UserSpec::Uid(u) => format!("#{u}"),
+            };
+            Err(Denial::refused(Step::TargetUser, e.message(&asked)))
+        }
     }
 }
 
