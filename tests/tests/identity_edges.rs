@@ -33,7 +33,7 @@ struct Ids<'a> {
 const BECOME: &str = "\
 set -e
 printf '%s' \"$1\" >> /etc/passwd
-printf '%s' \"$2\" >> /etc/group
+case $2 in /*) cat \"$2\" >> /etc/group ;; *) printf '%s' \"$2\" >> /etc/group ;; esac
 uid=$3 gid=$4
 shift 4
 exec /usr/bin/setpriv --reuid=\"$uid\" --regid=\"$gid\" --clear-groups -- \"$@\"
@@ -110,7 +110,8 @@ const IDS: Ids = Ids {
              neguid:x:4294967295:3000000000:neguid:/:/bin/sh\n\
              svc:x:3000000002:3000000000:svc:/:/bin/sh\n\
              svc:x:3000000003:3000000000:svc too:/:/bin/sh\n\
-             toor:x:0:0:toor:/root:/bin/sh\n",
+             toor:x:0:0:toor:/root:/bin/sh\n\
+             nologin:x:3000000017:3000000000:nologin:/:/usr/sbin/nologin\n",
     group: "big:x:3000000000:\ntop:x:4294967294:big\nneg:x:4294967295:\n",
     uid: 3_000_000_000,
     gid: 3_000_000_000,
@@ -332,8 +333,10 @@ against_both_sudos!(sudo_ids_above_int_max_and_ambiguous_targets);
 /// The same under util-linux su: a caller above INT_MAX, a target at
 /// 4294967294; `su - toor` with a grant for "toor" ran as root, and a
 /// target with 4294967295 as uid or gid had the grant consumed and a
-/// grant_run line written before su failed to set the ids. All refused
-/// now at the target step, nothing consumed.
+/// grant_run line written before su failed to set the ids; a target whose
+/// login shell is nologin had the grant consumed and logged as run while
+/// su ran only "This account is currently not available". All refused now
+/// at the target step, nothing consumed.
 #[test]
 fn su_ids_above_int_max_and_ambiguous_targets() {
     if !require_root() {
@@ -354,7 +357,7 @@ fn su_ids_above_int_max_and_ambiguous_targets() {
         (0, "4294967294\n"),
         "{out}"
     );
-    for target in ["toor", "neg", "neggid", "neguid"] {
+    for target in ["toor", "neg", "neggid", "neguid", "nologin"] {
         let g = pam_issue(&idp, &["id -u"], target);
         let out = pam_run(&ps, &IDS, &g.jwt, &["su", "-", "-c", "id -u", target]);
         assert_ne!(out.code, 0, "{target}: {out}");
