@@ -464,48 +464,38 @@ fn utf8_argv(cmd: &[OsString]) -> Result<Vec<String>, Denial> {
         .collect()
 }
 
-/// The `-u` user, looked up now (exit 1 if unknown, 2 if malformed).
+/// The `-u` user, looked up now (exit 1 if unknown or not named without
+/// doubt, 2 if malformed).
 fn requested_user(opts: &Opts) -> Result<Option<User>, Denial> {
-    let Some(spec) = &opts.user else {
+    let Some(asked) = &opts.user else {
         return Ok(None);
     };
     let spec =
-        cli::user_spec(spec).map_err(|cli::Usage(m)| Denial::new(Step::Usage, Kind::Usage, m))?;
-    let found = match &spec {
-        UserSpec::Name(n) => sys::user_by_name(n),
-        UserSpec::Uid(u) => sys::user_by_uid(*u),
-    }
-    .map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e))?;
-    match found {
-        Some(u) => Ok(Some(u)),
-        None => Err(Denial::new(
-            Step::TargetUser,
-            Kind::Io,
-            format!("unknown user {}", opts.user.as_deref().unwrap_or_default()),
-        )),
-    }
+        cli::user_spec(asked).map_err(|cli::Usage(m)| Denial::new(Step::Usage, Kind::Usage, m))?;
+    sys::target_by(&spec, asked).map(Some)
 }
 
 /// The user the verified grant runs as.
 fn target_user(v: &Verified, requested: Option<User>) -> Result<User, Denial> {
-    let run_as = &v.run_as;
     if let Some(u) = requested {
         return Ok(u);
     }
-    sys::user_by_name(run_as)
-        .map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e))?
-        .ok_or_else(|| {
+    // The requester chose this name and the IdP signed it as is: any
+    // message shows it escaped, like every other claim.
+    sys::target_by(&UserSpec::Name(v.run_as.clone()), &v.run_as).map_err(|d| {
+        if d.reason.starts_with("unknown user") {
             Denial::new(
                 Step::TargetUser,
                 Kind::Io,
-                // The requester chose this name and the IdP signed it as
-                // is: shown escaped, like every other claim.
                 format!(
                     "the grant's user {} does not exist here",
-                    pam_openape::error::sanitize(run_as, 64)
+                    pam_openape::error::sanitize(&v.run_as, 64)
                 ),
             )
-        })
+        } else {
+            d
+        }
+    })
 }
 
 fn primary_group(opts: &Opts, target: &User) -> Result<Gid, Denial> {

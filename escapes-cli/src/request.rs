@@ -375,15 +375,10 @@ pub fn pinned_target(
     if let Some(u) = requested {
         return Ok(u);
     }
-    sys::user_by_name(&cfg.run_as)
-        .map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e))?
-        .ok_or_else(|| {
-            Denial::new(
-                Step::TargetUser,
-                Kind::Io,
-                format!("run_as user {} does not exist here", cfg.run_as),
-            )
-        })
+    sys::target_by(
+        &pam_openape::invocation::UserSpec::Name(cfg.run_as.clone()),
+        &cfg.run_as,
+    )
 }
 
 fn interrupted(sig: i32, grant: Option<&str>, cancelled: bool) -> Denial {

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::termios::{self, LocalFlags, SetArg};
 use nix::unistd::{Gid, Uid, User};
+use pam_openape::invocation::UserSpec;
+use pam_openape::{Denial, Kind, Step};
 
 /// Take the whole environment and clear it. Must run first thing in
 /// `main`, before any thread exists. Entries that are not `NAME=value`
@@ -316,12 +318,19 @@ pub fn euid_is_root() -> bool {
     Uid::effective().is_root()
 }
 
-pub fn user_by_name(name: &str) -> Result<Option<User>, String> {
-    User::from_name(name).map_err(|e| format!("cannot look up user {name}: {e}"))
-}
-
 pub fn user_by_uid(uid: u32) -> Result<Option<User>, String> {
     User::from_uid(Uid::from_raw(uid)).map_err(|e| format!("cannot look up user id {uid}: {e}"))
+}
+
+/// The user a command may run as, by name or by `#uid`: only an account
+/// the name names without doubt ([`pam_openape::users`]). `Err` is the
+/// refusal for the audit line (exit 1: the user database is the issue).
+pub fn target_by(spec: &UserSpec, asked: &str) -> Result<User, Denial> {
+    match spec {
+        UserSpec::Name(n) => pam_openape::users::by_name(n),
+        UserSpec::Uid(u) => pam_openape::users::by_uid(*u),
+    }
+    .map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e.message(asked)))
 }
 
 /// The groups `user` belongs to (primary first).

@@ -24,6 +24,7 @@ pub mod request;
 pub mod time;
 pub mod token;
 pub mod trust;
+pub mod users;
 pub mod verify;
 
 #[cfg(test)]

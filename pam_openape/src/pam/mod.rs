@@ -260,6 +260,9 @@ fn what_is_authorised(
                     format!("su command line names {named} but PAM_USER is {target}"),
                 ));
             }
+            if inv.argv.is_some() {
+                su_shell_runs_commands(&target)?;
+            }
             Ok((target, inv.argv))
         }
         invocation::Host::Other => {
@@ -296,19 +299,58 @@ fn other_service_allowed(args: &Args, service: &str) -> Result<(), Denial> {
     Ok(())
 }
 
+/// The target named on the command line, if it names one account without
+/// doubt (a second name of uid 0, a name two uids share, an id of
+/// 4294967295 are refused: see [`crate::users`]).
 fn resolve_name(spec: &UserSpec) -> Result<String, Denial> {
     let found = match spec {
-        UserSpec::Name(n) => nix::unistd::User::from_name(n),
-        UserSpec::Uid(u) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*u)),
+        UserSpec::Name(n) => crate::users::by_name(n),
+        UserSpec::Uid(u) => crate::users::by_uid(*u),
     };
     match found {
-        Ok(Some(u)) => Ok(u.name),
-        _ => Err(Denial::new(
+        Ok(u) => Ok(u.name),
+        Err(crate::users::TargetError::Unknown) => Err(Denial::new(
             Step::TargetUser,
             Kind::Refused,
             "unknown target user",
         )),
+        Err(e) => {
+            let asked = match spec {
+                UserSpec::Name(n) => n.clone(),
+                UserSpec::Uid(u) => format!("#{u}"),
+            };
+            Err(Denial::refused(Step::TargetUser, e.message(&asked)))
+        }
     }
+}
+
+/// su runs the approved `-c` string with the target's login shell from
+/// passwd (`SHELL -c STRING`). A shell that is not a login shell
+/// (`nologin`, `false`) runs nothing, and the grant would be spent and
+/// logged as run: such a target is refused before the consume. A login
+/// shell is one listed in `/etc/shells` (an empty field is `/bin/sh` to
+/// su; without the file only `/bin/sh` counts, as getusershell(3) has it).
+fn su_shell_runs_commands(target: &str) -> Result<(), Denial> {
+    let user = crate::users::by_name(target)
+        .map_err(|e| Denial::refused(Step::TargetUser, e.message(target)))?;
+    let shell = user.shell.to_string_lossy().into_owned();
+    if shell.is_empty() {
+        return Ok(());
+    }
+    let listed = match std::fs::read_to_string("/etc/shells") {
+        Ok(text) => text.lines().any(|l| l.trim() == shell),
+        Err(_) => shell == "/bin/sh",
+    };
+    if listed {
+        return Ok(());
+    }
+    Err(Denial::refused(
+        Step::TargetUser,
+        format!(
+            "the login shell of {target} ({}) is not in /etc/shells; su would run the command with it, so nothing would run",
+            crate::error::sanitize(&shell, 64)
+        ),
+    ))
 }
 
 /// The caller is the real uid; PAM_RUSER must name the same user.
