@@ -231,19 +231,11 @@ fn a_target_must_be_the_one_account_its_name_names() {
 // pam_openape.so under sudo and su
 // ---------------------------------------------------------------------------
 
-const SU_STACK: &str = "\
-#%PAM-1.0
-auth     sufficient @SO@ config=@CFG@ nonint
-auth     required   pam_deny.so
-account  required   pam_permit.so
-session  required   pam_permit.so
-";
-
 fn pam_setup(imp: SudoImpl, name: &str, idp: &TestIdp) -> PamSandbox {
     let mut ps = PamSandbox::new(name, &idp.issuer());
     ps.use_sudo(imp);
     ps.write_pam("sudo", GRANT_OR_DENY_STACK);
-    ps.write_pam("su", SU_STACK);
+    ps.write_pam("su", openape_tests::sudo_ns::GRANT_OR_DENY_STACK);
     ps.write_pam(
         "su-l",
         "auth include su\naccount include su\nsession include su\n",

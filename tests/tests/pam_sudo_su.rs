@@ -64,15 +64,6 @@ account  required   @SO@ config=@CFG@ grant_only
 session  required   pam_permit.so
 ";
 
-/// pam.d/su: a grant for the `-c` string (one argv element) is enough.
-const SU_GRANT: &str = "\
-#%PAM-1.0
-auth     sufficient @SO@ config=@CFG@ nonint
-auth     required   pam_deny.so
-account  required   pam_permit.so
-session  required   pam_permit.so
-";
-
 /// sudoers of the scenarios. No `env_keep += OPENAPE_GRANT`: the module
 /// reads the caller's variable from /proc/self/environ (at PAM time sudo's
 /// exported getenv() answers from its already reset environment), so the
@@ -405,7 +396,12 @@ fn su_runs_the_approved_dash_c_string() {
         return;
     }
     let idp = TestIdp::start();
-    let ps = setup("su-ok", &idp, "su", SU_GRANT);
+    let ps = setup(
+        "su-ok",
+        &idp,
+        "su",
+        openape_tests::sudo_ns::GRANT_OR_DENY_STACK,
+    );
     let g = grant(&idp, &["id -u"]);
     let out = ps.run(
         &["su", "-", "-c", "id -u", "root"],
@@ -424,7 +420,12 @@ fn su_refuses_another_dash_c_string() {
         return;
     }
     let idp = TestIdp::start();
-    let ps = setup("su-argv", &idp, "su", SU_GRANT);
+    let ps = setup(
+        "su-argv",
+        &idp,
+        "su",
+        openape_tests::sudo_ns::GRANT_OR_DENY_STACK,
+    );
     let g = grant(&idp, &["id -u"]);
     let out = ps.run(
         &["su", "-l", "-c", "id -g", "root"],
@@ -447,7 +448,12 @@ fn su_without_a_login_environment_runs_nothing() {
         return;
     }
     let idp = TestIdp::start();
-    let ps = setup("su-env", &idp, "su", SU_GRANT);
+    let ps = setup(
+        "su-env",
+        &idp,
+        "su",
+        openape_tests::sudo_ns::GRANT_OR_DENY_STACK,
+    );
     let marker = ps.sb.path("bash-env-ran");
     let script = ps.sb.write_file(
         "bash-env.sh",
@@ -481,7 +487,12 @@ fn su_refuses_a_sudo_shaped_grant_for_the_same_words() {
         return;
     }
     let idp = TestIdp::start();
-    let ps = setup("su-cross", &idp, "su", SU_GRANT);
+    let ps = setup(
+        "su-cross",
+        &idp,
+        "su",
+        openape_tests::sudo_ns::GRANT_OR_DENY_STACK,
+    );
     let g = grant(&idp, &["id", "-u"]);
     let out = ps.run(
         &["su", "-", "-c", "id -u", "root"],
