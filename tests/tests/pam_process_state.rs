@@ -495,7 +495,8 @@ fn closed_standard_fds_su() {
 /// The rest of the caller's process state that survives exec into the
 /// host: a file-size limit of 0 (soft, and hard too) with SIGXFSZ
 /// ignored, a small descriptor limit, every signal blocked, SIGCHLD and
-/// SIGPIPE ignored, umask 000. In each case a consumed grant has its whole
+/// SIGPIPE ignored, umask 000, environment entries with an empty name or
+/// none (the module reads the host's environment block itself). In each case a consumed grant has its whole
 /// `grant_run` line (the module lifts the file-size limit around its
 /// writes), or, where a hard limit cannot be lifted, nothing was consumed;
 /// no line is torn.
@@ -531,6 +532,11 @@ fn hostile_state(host: Host) {
             true,
         ),
         ("umask 000", "--umask 000", true),
+        (
+            "environment entries that are not NAME=value",
+            "--raw-env =X --raw-env ==Y --raw-env BAREWORD",
+            true,
+        ),
     ];
     // sudo-rs 0.2 hangs with every signal blocked whatever its PAM stack
     // (measured with pam_permit alone, no pam_openape): its own limit.

@@ -5,8 +5,12 @@
 //! ```text
 //! state-exec [--itimer real|virtual|prof MS] [--block-all] [--ignore SIG]
 //!            [--rlimit fsize|nofile|as|data|stack|core|nproc|cpu SOFT HARD]
-//!            [--umask OCTAL] [--close FD] -- PROGRAM [ARG...]
+//!            [--umask OCTAL] [--close FD] [--raw-env ENTRY] -- PROGRAM [ARG...]
 //! ```
+//!
+//! `--raw-env` appends ENTRY to the environment as it is (`=X`, `==Y`,
+//! `BAREWORD`: shapes that `NAME=value` cannot express); PROGRAM is then
+//! found on PATH by `execvpe`.
 //!
 //! `SOFT`/`HARD` are numbers or `inf`. Exit 2 on a usage or set-up error,
 //! 127 when the exec fails.
@@ -49,6 +53,7 @@ fn main() {
     };
     // Limits are set last (a tiny NOFILE or AS would stop the set-up).
     let mut limits = Vec::new();
+    let mut raw_env: Vec<String> = Vec::new();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--itimer" => {
@@ -104,6 +109,7 @@ fn main() {
                 // SAFETY: closes a descriptor number of this process.
                 unsafe { libc::close(fd) };
             }
+            "--raw-env" => raw_env.push(next(&mut it)),
             "--" => break,
             other => fail(&format!("unknown option {other}")),
         }
@@ -122,7 +128,43 @@ fn main() {
             fail("setrlimit failed");
         }
     }
+    if !raw_env.is_empty() {
+        exec_with_raw_env(program, prog_args, &raw_env);
+    }
     let err = std::process::Command::new(program).args(prog_args).exec();
     eprintln!("state-exec: exec {program}: {err}");
+    std::process::exit(127);
+}
+
+/// `execvpe` with this process's environment plus `raw` entries as they
+/// are. Returns only on failure (exit 127).
+fn exec_with_raw_env(program: &str, args: &[String], raw: &[String]) -> ! {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |b: &[u8]| CString::new(b).unwrap_or_else(|_| fail("NUL in an argument"));
+    let argv: Vec<CString> = std::iter::once(program.as_bytes())
+        .chain(args.iter().map(|a| a.as_bytes()))
+        .map(c)
+        .collect();
+    let envp: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            c(&kv)
+        })
+        .chain(raw.iter().map(|r| c(r.as_bytes())))
+        .collect();
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    // SAFETY: NUL-terminated arrays of pointers to CStrings that outlive
+    // the call; execvpe returns only on failure.
+    unsafe { libc::execvpe(argv[0].as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    eprintln!(
+        "state-exec: exec {program}: {}",
+        std::io::Error::last_os_error()
+    );
     std::process::exit(127);
 }
