@@ -24,7 +24,7 @@ use pam::module::{PamHandle, PamHooks};
 use self::args::{Args, CommandMode};
 use crate::audit::{AuditLog, Record};
 use crate::config::Config;
-use crate::error::{Denial, Kind, Step};
+use crate::error::{Denial, Kind, Step, sanitize};
 use crate::http::Client;
 use crate::invocation::{self, UserSpec};
 use crate::jwks::KeyCache;
@@ -232,7 +232,7 @@ fn what_is_authorised(
                 .map_err(refuse)?;
             let target = match inv.user {
                 None => "root".to_string(),
-                Some(spec) => resolve_name(&spec)?,
+                Some(spec) => resolve_user(&spec)?.name,
             };
             Ok((target, inv.argv))
         }
@@ -250,18 +250,25 @@ fn what_is_authorised(
                 ));
             }
             let target = pam_user()?;
-            let named = match inv.user {
-                None => "root".to_string(),
-                Some(spec) => resolve_name(&spec)?,
-            };
-            if named != target {
+            let named = inv.user.map(|spec| resolve_user(&spec)).transpose()?;
+            let named_name = named.as_ref().map_or("root", |u| u.name.as_str());
+            if named_name != target {
                 return Err(Denial::refused(
                     Step::TargetUser,
-                    format!("su command line names {named} but PAM_USER is {target}"),
+                    format!(
+                        "su command line names {} but PAM_USER is {}",
+                        sanitize(named_name, 64),
+                        sanitize(&target, 64)
+                    ),
                 ));
             }
             if inv.argv.is_some() {
-                su_shell_runs_commands(&target)?;
+                // The entry the command line named, looked up once.
+                let user = match named {
+                    Some(u) => u,
+                    None => resolve_user(&UserSpec::Name(target.clone()))?,
+                };
+                su_shell_runs_commands(&user)?;
             }
             Ok((target, inv.argv))
         }
@@ -278,13 +285,13 @@ fn what_is_authorised(
 /// grant without a command would authorise anything it runs).
 fn other_service_allowed(args: &Args, service: &str) -> Result<(), Denial> {
     let exe = invocation::own_exe_name();
-    let name = crate::error::sanitize(service, 40);
+    let name = sanitize(service, 40);
     if invocation::is_other_elevation(&exe, service) {
         return Err(Denial::refused(
             Step::Usage,
             format!(
                 "service {name} ({}) elevates privileges in a way this module does not understand; grants are never accepted there",
-                crate::error::sanitize(&exe, 40)
+                sanitize(&exe, 40)
             ),
         ));
     }
@@ -302,13 +309,13 @@ fn other_service_allowed(args: &Args, service: &str) -> Result<(), Denial> {
 /// The target named on the command line, if it names one account without
 /// doubt (a second name of uid 0, a name two uids share, an id of
 /// 4294967295 are refused: see [`crate::users`]).
-fn resolve_name(spec: &UserSpec) -> Result<String, Denial> {
+fn resolve_user(spec: &UserSpec) -> Result<nix::unistd::User, Denial> {
     let found = match spec {
         UserSpec::Name(n) => crate::users::by_name(n),
         UserSpec::Uid(u) => crate::users::by_uid(*u),
     };
     match found {
-        Ok(u) => Ok(u.name),
+        Ok(u) => Ok(u),
         Err(crate::users::TargetError::Unknown) => Err(Denial::new(
             Step::TargetUser,
             Kind::Refused,
@@ -330,9 +337,7 @@ fn resolve_name(spec: &UserSpec) -> Result<String, Denial> {
 /// logged as run: such a target is refused before the consume. A login
 /// shell is one listed in `/etc/shells` (an empty field is `/bin/sh` to
 /// su; without the file only `/bin/sh` counts, as getusershell(3) has it).
-fn su_shell_runs_commands(target: &str) -> Result<(), Denial> {
-    let user = crate::users::by_name(target)
-        .map_err(|e| Denial::refused(Step::TargetUser, e.message(target)))?;
+fn su_shell_runs_commands(user: &nix::unistd::User) -> Result<(), Denial> {
     let shell = user.shell.to_string_lossy().into_owned();
     if shell.is_empty() {
         return Ok(());
@@ -347,8 +352,9 @@ fn su_shell_runs_commands(target: &str) -> Result<(), Denial> {
     Err(Denial::refused(
         Step::TargetUser,
         format!(
-            "the login shell of {target} ({}) is not in /etc/shells; su would run the command with it, so nothing would run",
-            crate::error::sanitize(&shell, 64)
+            "the login shell of {} ({}) is not in /etc/shells; su would run the command with it, so nothing would run",
+            sanitize(&user.name, 64),
+            sanitize(&shell, 64)
         ),
     ))
 }
@@ -373,7 +379,7 @@ fn caller(pamh: &PamHandle) -> Result<String, Denial> {
             Step::Caller,
             format!(
                 "PAM_RUSER {} is not the real user {name}",
-                crate::error::sanitize(&ruser, 64)
+                sanitize(&ruser, 64)
             ),
         )),
         None => Err(Denial::refused(
@@ -583,7 +589,7 @@ fn refuse(
     {
         let _ = conv.send(
             PAM_ERROR_MSG,
-            &format!("OpenApe: {}", crate::error::sanitize(&d.reason, 300)),
+            &format!("OpenApe: {}", sanitize(&d.reason, 300)),
         );
     }
     code_for(d)
