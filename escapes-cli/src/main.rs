@@ -482,20 +482,18 @@ fn target_user(v: &Verified, requested: Option<User>) -> Result<User, Denial> {
     }
     // The requester chose this name and the IdP signed it as is: any
     // message shows it escaped, like every other claim.
-    sys::target_by(&UserSpec::Name(v.run_as.clone()), &v.run_as).map_err(|d| {
-        if d.reason.starts_with("unknown user") {
-            Denial::new(
-                Step::TargetUser,
-                Kind::Io,
-                format!(
-                    "the grant's user {} does not exist here",
-                    pam_openape::error::sanitize(&v.run_as, 64)
-                ),
-            )
-        } else {
-            d
-        }
-    })
+    match sys::lookup_target(&UserSpec::Name(v.run_as.clone())) {
+        Ok(u) => Ok(u),
+        Err(pam_openape::users::TargetError::Unknown) => Err(Denial::new(
+            Step::TargetUser,
+            Kind::Io,
+            format!(
+                "the grant's user {} does not exist here",
+                pam_openape::error::sanitize(&v.run_as, 64)
+            ),
+        )),
+        Err(e) => Err(sys::target_denial(&e, &v.run_as)),
+    }
 }
 
 fn primary_group(opts: &Opts, target: &User) -> Result<Gid, Denial> {

@@ -326,11 +326,21 @@ pub fn user_by_uid(uid: u32) -> Result<Option<User>, String> {
 /// the name names without doubt ([`pam_openape::users`]). `Err` is the
 /// refusal for the audit line (exit 1: the user database is the issue).
 pub fn target_by(spec: &UserSpec, asked: &str) -> Result<User, Denial> {
+    lookup_target(spec).map_err(|e| target_denial(&e, asked))
+}
+
+/// [`target_by`] with the reason kept apart, for callers that word one
+/// of them themselves.
+pub fn lookup_target(spec: &UserSpec) -> Result<User, pam_openape::users::TargetError> {
     match spec {
         UserSpec::Name(n) => pam_openape::users::by_name(n),
         UserSpec::Uid(u) => pam_openape::users::by_uid(*u),
     }
-    .map_err(|e| Denial::new(Step::TargetUser, Kind::Io, e.message(asked)))
+}
+
+/// The refusal for a target that cannot be used (`asked` shown escaped).
+pub fn target_denial(e: &pam_openape::users::TargetError, asked: &str) -> Denial {
+    Denial::new(Step::TargetUser, Kind::Io, e.message(asked))
 }
 
 /// The groups `user` belongs to (primary first).
