@@ -16,6 +16,28 @@ use nix::unistd::{Gid, Uid, User};
 use pam_openape::invocation::UserSpec;
 use pam_openape::{Denial, Kind, Step};
 
+/// Descriptors 0, 1 and 2 open, on /dev/null where one was closed, so that
+/// no file escapes opens later (the audit log, the config) becomes a
+/// standard stream that messages are written to. glibc does this itself
+/// for a set-user-ID start; this covers root starting escapes directly.
+/// Nothing is left to do if /dev/null cannot be opened: the refusal paths
+/// still write only through std's stream handles.
+pub fn open_standard_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+        {
+            // The lowest free descriptor is `fd` (the ones below are open),
+            // without close-on-exec: the command inherits it, as it would
+            // have inherited the caller's stream.
+            // SAFETY: open takes a NUL-terminated literal path and flags;
+            // the descriptor is deliberately never closed.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
 /// Take the whole environment and clear it. Must run first thing in
 /// `main`, before any thread exists. Entries that are not `NAME=value`
 /// with a non-empty name (`=X`, `==`, no `=` at all) are dropped, never

@@ -393,6 +393,62 @@ fn closed_standard_descriptors_do_not_reach_the_audit_log() {
     }
 }
 
+/// The same with root as the caller, where glibc fills nothing (no
+/// set-user-ID start) and escapes does it itself (it starts at its own C
+/// `main`, not through std's start-up): a refusal's message and a run both
+/// leave only whole JSON lines in the audit log, and the command gets
+/// /dev/null, not escapes' files, on 0-2.
+#[test]
+fn closed_standard_descriptors_of_a_root_caller_do_not_reach_the_audit_log() {
+    let Some(t) = setup("closed-fds-root") else {
+        return;
+    };
+    let fds = t.sb.path("fds");
+    let probe = format!(
+        "for n in 0 1 2; do l=$(readlink /proc/$$/fd/$n); echo \"$n $l\" >> {}; done",
+        fds.display()
+    );
+    let argv = vec!["/bin/sh".to_string(), "-c".into(), probe];
+    let g = t.issue(&argv);
+    let file = t.sb.write_file("grant-root", g.jwt.as_bytes(), 0, 0, 0o600);
+    let as_root = |cmd: &[String]| {
+        let mut script = format!(
+            "exec 0<&- 1>&- 2>&-\nexec {} --grant-file {} --",
+            t.sb.escapes().display(),
+            file.display()
+        );
+        for a in cmd {
+            script.push_str(&format!(" '{a}'"));
+        }
+        Run::new("/bin/sh")
+            .args(["-c", &script])
+            .cwd(t.sb.root())
+            .config_ns(t.sb.config_ns())
+            .output()
+    };
+    // A refusal first (the grant is for another command): its message has
+    // nowhere to go but must not land in a file escapes opened.
+    let refused = as_root(&["/bin/true".to_string()]);
+    assert_ne!(refused.code, 0, "{refused}");
+    let lines = t.sb.audit_lines(); // panics on a line that is not JSON
+    assert_eq!(
+        lines.last().map(|l| l["event"].clone()),
+        Some("denied".into()),
+        "{lines:?}"
+    );
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0);
+    let out = as_root(&argv);
+    t.assert_ran(&out, &g);
+    let seen = std::fs::read_to_string(&fds).unwrap_or_default();
+    assert_eq!(seen.lines().count(), 3, "{seen:?}\n{out}");
+    for l in seen.lines() {
+        assert!(
+            l.ends_with(" /dev/null"),
+            "the root command got {l} instead of /dev/null\n{seen}"
+        );
+    }
+}
+
 /// Item 4: with every fd piped the caller can still have a controlling
 /// terminal, and a command for a less privileged user could open
 /// /dev/tty and type into the caller's shell. It now runs detached from
