@@ -525,6 +525,62 @@ fn unknown_services_and_elevation_programs_refuse_grants() {
     assert_eq!(code(&out, "auth"), SUCCESS, "{out}");
 }
 
+/// A service opted in with `allow_service=` logs in PAM_USER, and PAM_USER
+/// must be the one account its name names, as sudo's and su's targets
+/// are: with a second name of uid 0 (`toor:x:0:0`, added in a private
+/// mount namespace) an unbound grant for "toor" is refused before the
+/// consume; the same grant shape for "root" still authenticates.
+#[test]
+fn allowed_services_log_in_only_the_account_pam_user_names() {
+    if !require_root() {
+        return;
+    }
+    let p = Pam::new("pam-alias");
+    p.stack(
+        "login",
+        "auth required {so} config={cfg} nonint allow_service=login\n",
+    );
+    let unbound = |run_as: &str| {
+        let mut spec = GrantSpec::new(HOST, &[]);
+        spec.command = None;
+        spec.with_command = false;
+        spec.with_cmd_hash = false;
+        spec.with_argv_hash = false;
+        spec.run_as = Some(run_as.to_string());
+        p.idp.issue(&spec)
+    };
+    let drive_as = |user: &str, g: &Issued| {
+        Run::new("/bin/sh")
+            .args([
+                "-c",
+                "printf '%s\\n' 'toor:x:0:0:second name of root:/root:/bin/sh' >> /etc/passwd && exec \"$@\"",
+                "sh",
+            ])
+            .arg(artefact("pam-driver").to_string_lossy().as_ref())
+            .env("PAMD_SERVICE", "login")
+            .env("PAMD_CONFDIR", p.sb.path("pam.d"))
+            .env("PAMD_USER", user)
+            .env("PAMD_RUSER", "root")
+            .env("OPENAPE_GRANT", &g.jwt)
+            .config_ns(p.sb.config_ns())
+            .output()
+    };
+    let g = unbound("toor");
+    let out = drive_as("toor", &g);
+    assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
+    let l = p.last();
+    assert_eq!(
+        (l["event"].as_str(), l["step"].as_str()),
+        (Some("denied"), Some("target_user")),
+        "{l}"
+    );
+    assert_eq!(p.idp.consume_count(&g.grant_id), 0);
+    let g = unbound("root");
+    let out = drive_as("root", &g);
+    assert_eq!(code(&out, "auth"), SUCCESS, "{out}");
+    assert_eq!(p.idp.consume_count(&g.grant_id), 1);
+}
+
 #[test]
 fn a_thousand_refusals_in_one_process_leak_nothing() {
     if !require_root() {

@@ -274,7 +274,11 @@ fn what_is_authorised(
         }
         invocation::Host::Other => {
             other_service_allowed(args, service)?;
-            Ok((pam_user()?, None))
+            // The account the service logs in: the one its name names, by
+            // the rule sudo's and su's targets follow (a second name of
+            // uid 0 such as "toor" would take a grant for "toor" to uid 0).
+            let user = resolve_user(&UserSpec::Name(pam_user()?))?;
+            Ok((user.name, None))
         }
     }
 }
