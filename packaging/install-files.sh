@@ -64,7 +64,24 @@ put() { # mode src dest
 	[ -d "$(dirname "$3")" ] || install -d -m 0755 "$(dirname "$3")"
 	# shellcheck disable=SC2086
 	install $own -m "$1" "$2" "$3.openape-new"
+	# A set-id file being replaced keeps a second name until the new one
+	# is in place (no moment without it at $3), then is retired.
+	old=
+	if is_setid "$3" && ln -f "$3" "$3.openape-old"; then old="$3.openape-old"; fi
 	mv -f "$3.openape-new" "$3"
+	if [ -n "$old" ]; then retire "$old" && rm -f "$old"; fi
+}
+
+is_setid() { # path: a regular file (not a symlink) with a set-id bit
+	[ -f "$1" ] && [ ! -L "$1" ] && { [ -u "$1" ] || [ -g "$1" ]; }
+}
+
+# A setuid file that is replaced or removed is first made 0600: a hard link
+# someone made to it elsewhere on the file system (where
+# fs.protected_hardlinks allows it) must not stay a setuid-root copy of
+# the old release. dpkg and rpm do the same with the files they replace.
+retire() { # path
+	if is_setid "$1"; then chmod 0600 "$1"; fi
 }
 
 do_install() {
@@ -133,7 +150,7 @@ do_uninstall() {
 		echo "openape: FORCE=1: removing the module anyway" >&2
 	fi
 	for f in "$BINDIR/escapes" "$PAMDIR/pam_openape.so" "$TMPFILESDIR/openape.conf"; do
-		if [ -e "$DESTDIR$f" ]; then rm -f "$DESTDIR$f" && say "removed $f"; fi
+		if [ -e "$DESTDIR$f" ]; then retire "$DESTDIR$f" && rm -f "$DESTDIR$f" && say "removed $f"; fi
 	done
 	for m in $MANPAGES; do rm -f "$DESTDIR$MANDIR/$m.gz"; done
 	rm -rf "$DESTDIR$DOCDIR"

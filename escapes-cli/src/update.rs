@@ -23,13 +23,15 @@
 //! bit for group or others: an installed 4750 root:openape stays so; a
 //! plain install is 4755 root:root), is fsynced and renamed over the
 //! running binary, and the directory is fsynced. Until that rename nothing touches the old
-//! binary; on any failure the temp file is removed. One left by an update
+//! binary; on any failure the temp file is removed. After it, the replaced
+//! inode is made 0600 (no set-id, no exec bit), so that a hard link to it
+//! made elsewhere is not left a setuid-root copy of the old release. One left by an update
 //! that was killed or crashed between its chmod and its rename (a setuid
 //! copy of that release) is removed by the next update.
 
 use std::ffi::OsString;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -425,10 +427,16 @@ fn install(
     let dir = target
         .parent()
         .ok_or_else(|| format!("{} has no directory", target.display()))?;
-    let ours = std::fs::File::open(target)
-        .map(|mut f| head_of(&mut f))
-        .ok()
-        .and_then(|h| elf_kind(&h));
+    // The binary being replaced, held open: once the new one is in place
+    // its set-id bits are cleared (below), so that a hard link someone
+    // made to it elsewhere on this file system does not stay a setuid-root
+    // copy of this release (as dpkg and rpm do with replaced files).
+    let mut old = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .ok();
+    let ours = old.as_mut().and_then(|f| elf_kind(&head_of(f)));
 
     for name in crate::atomic::sweep(dir, UPDATE_STEM) {
         say(&format!(
@@ -480,7 +488,25 @@ fn install(
             dir.display()
         ));
     }
+    if let Some(f) = old
+        && let Err(e) = retire(&f)
+    {
+        say(&format!(
+            "warning: cannot clear the set-id bits of the replaced binary ({e}); a hard link to it would still run it as root"
+        ));
+    }
     Ok(())
+}
+
+/// Clear the set-id and every exec bit of the replaced binary's inode
+/// (0600 root, what dpkg leaves of a replaced setuid file). Nothing at the
+/// old path changes: that is the new binary by now.
+fn retire(old: &std::fs::File) -> std::io::Result<()> {
+    let meta = old.metadata()?;
+    if !meta.file_type().is_file() || meta.mode() & 0o6111 == 0 {
+        return Ok(());
+    }
+    old.set_permissions(std::fs::Permissions::from_mode(0o600))
 }
 
 #[cfg(test)]

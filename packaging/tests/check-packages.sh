@@ -409,8 +409,15 @@ t "make install: pam_openape.so in $PAMDIR" test -f "$M$PAMDIR/pam_openape.so"
 t "make install: tmpfiles.d under the prefix" test -f "$M/usr/lib/tmpfiles.d/openape.conf"
 echo '# mine' >>"$M/etc/openape/config.toml"
 cp "$M/etc/openape/config.toml" "$W/make-config"
+# A hard link to the installed setuid binary (what a user could keep of
+# an old release where fs.protected_hardlinks is 0) is retired on reinstall.
+ln "$M/usr/bin/escapes" "$M/kept-escapes"
 make -s install DESTDIR="$M" PREFIX=/usr >/dev/null 2>&1
 t "make install: never overwrites an existing config" cmp "$W/make-config" "$M/etc/openape/config.toml"
+eq "make install: a hard link to the replaced setuid binary is left 600" "600 root:root" "$(mode_of "$M/kept-escapes")"
+eq "make install: the new binary is 4755 root:root" "4755 root:root" "$(mode_of "$M/usr/bin/escapes")"
+t "make install: no temp names left in bin" test -z "$(ls -A "$M/usr/bin" | grep -v '^escapes$')"
+ln -f "$M/usr/bin/escapes" "$M/kept-escapes"
 mkdir -p "$M/var/log/openape" "$M/etc/pam.d" && echo '{}' >"$M/var/log/openape/audit.log"
 cp pam.d/sudo.grant-only "$M/etc/pam.d/sudo"
 out=$(make -s uninstall DESTDIR="$M" PREFIX=/usr 2>&1)
@@ -421,6 +428,7 @@ rm "$M/etc/pam.d/sudo"
 out=$(make -s uninstall DESTDIR="$M" PREFIX=/usr 2>&1)
 cond "make uninstall: removes binary, module, man pages, tmpfiles, docs" \
 	'[ ! -e "$M/usr/bin/escapes" ] && [ ! -e "$M$PAMDIR/pam_openape.so" ] && [ ! -e "$M/usr/share/man/man8/escapes.8.gz" ] && [ ! -e "$M/usr/lib/tmpfiles.d/openape.conf" ] && [ ! -e "$M/usr/share/doc/openape-escapes" ]'
+eq "make uninstall: a hard link to the removed setuid binary is left 600" "600 root:root" "$(mode_of "$M/kept-escapes")"
 cond "make uninstall: keeps the config and the audit log, and says so" \
 	'cmp -s "$W/make-config" "$M/etc/openape/config.toml" && [ -f "$M/var/log/openape/audit.log" ] && contains "$out" "kept /etc/openape/config.toml" && contains "$out" "kept the audit log"'
 

@@ -728,6 +728,35 @@ fn update_removes_a_setuid_copy_an_interrupted_update_left() {
     );
 }
 
+/// A hard link to the installed binary (one a user made where the file
+/// system and `fs.protected_hardlinks = 0` allow it, to keep a release
+/// with a known hole) is no setuid-root program after `escapes update`:
+/// the replaced inode is left 0600, as dpkg leaves a replaced setuid file.
+/// Before, the link kept mode 4755 and ran the old release as root.
+#[test]
+fn update_leaves_no_setuid_hard_link_to_the_old_release() {
+    let Some(w) = setup("update-hardlink") else {
+        return;
+    };
+    let new = small_release();
+    w.release("99.0.0", new.clone(), "");
+    let bin = w.sb.escapes();
+    let kept = w.sb.path("kept-escapes");
+    fs::hard_link(&bin, &kept).unwrap();
+    assert_eq!(snap(&kept).mode, 0o4755);
+    let out = w.update_from_idp(&[]);
+    assert_eq!(out.code, 0, "{out}");
+    let now = snap(&bin);
+    assert!(now.bytes == new, "the binary is not the release: {out}");
+    assert_eq!((now.mode, now.uid), (0o4755, 0), "{out}");
+    let old = snap(&kept);
+    assert_eq!(
+        old.mode, 0o600,
+        "the hard link to the replaced binary kept mode {:o}: {out}",
+        old.mode
+    );
+}
+
 /// An admin who narrowed who may run the setuid binary (mode 4750, a
 /// group of its own: README, "To let only one group run escapes") keeps
 /// that across `escapes update`: the new binary takes the old one's group
