@@ -152,6 +152,18 @@ impl GrantSpec {
             with_command: true,
         }
     }
+
+    /// A once grant on `host` bound to no command at all (what a service
+    /// without a command line, `login` or `sshd`, can accept).
+    pub fn unbound(host: &str) -> Self {
+        GrantSpec {
+            command: None,
+            with_command: false,
+            with_cmd_hash: false,
+            with_argv_hash: false,
+            ..GrantSpec::new(host, &[])
+        }
+    }
 }
 
 /// An approved grant and its token.

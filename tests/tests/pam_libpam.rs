@@ -358,11 +358,7 @@ fn services_without_a_command_accept_only_unbound_grants() {
     let out = p.drive("login", "login", &[], &[("OPENAPE_GRANT", &bound)]);
     assert_eq!(code(&out, "auth"), AUTH_ERR, "{out}");
     assert_eq!(p.last()["step"], "command");
-    let mut spec = GrantSpec::new(HOST, &[]);
-    spec.command = None;
-    spec.with_command = false;
-    spec.with_cmd_hash = false;
-    spec.with_argv_hash = false;
+    let spec = GrantSpec::unbound(HOST);
     let unbound = p.idp.issue(&spec).jwt;
     let out = p.drive("login", "login", &[], &[("OPENAPE_GRANT", &unbound)]);
     assert_eq!(code(&out, "auth"), SUCCESS, "{out}");
@@ -452,11 +448,7 @@ fn unknown_services_and_elevation_programs_refuse_grants() {
         return;
     }
     let p = Pam::new("pam-services");
-    let mut spec = GrantSpec::new(HOST, &[]);
-    spec.command = None;
-    spec.with_command = false;
-    spec.with_cmd_hash = false;
-    spec.with_argv_hash = false;
+    let spec = GrantSpec::unbound(HOST);
     let unbound = || p.idp.issue(&spec);
     let refused = |service: &str, argv0: &str, why: &str, out: &Output, g: &Issued| {
         assert_eq!(code(out, "auth"), AUTH_ERR, "{service}: {out}");
@@ -541,11 +533,7 @@ fn allowed_services_log_in_only_the_account_pam_user_names() {
         "auth required {so} config={cfg} nonint allow_service=login\n",
     );
     let unbound = |run_as: &str| {
-        let mut spec = GrantSpec::new(HOST, &[]);
-        spec.command = None;
-        spec.with_command = false;
-        spec.with_cmd_hash = false;
-        spec.with_argv_hash = false;
+        let mut spec = GrantSpec::unbound(HOST);
         spec.run_as = Some(run_as.to_string());
         p.idp.issue(&spec)
     };
