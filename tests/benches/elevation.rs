@@ -14,6 +14,10 @@
 //! consume), and the minor page faults of one run of each (from wait4's
 //! rusage: the command's exec'd `true` included).
 //!
+//! Then the floor: two setuid-root C programs built here, one that only
+//! execs `/bin/true` and one that first calls getpwnam and initgroups,
+//! beside escapes (what one extra exec costs on this machine at all).
+//!
 //! Then the same interleaved comparison with an IdP 2 ms away: once with
 //! only the consume answering after 2 ms, once with every request doing so
 //! (a real IdP across a network). `/bin/true`, `escapes`, `sudo -n true`,
@@ -160,6 +164,33 @@ fn time(mut c: Command) -> f64 {
         String::from_utf8_lossy(&out.stderr)
     );
     ms
+}
+
+/// The two setuid-root C programs of the floor measurement, or `None`
+/// (with the reason printed) where no C compiler is found.
+fn floor_programs(sb: &Sandbox) -> Option<(String, String)> {
+    const EXEC_ONLY: &str = "#include <unistd.h>\nint main(int c, char **v) { if (c < 2) return 2; execv(v[1], v + 1); return 127; }\n";
+    const WITH_NSS: &str = "#include <grp.h>\n#include <pwd.h>\n#include <unistd.h>\nint main(int c, char **v) { struct passwd *p = getpwnam(\"root\"); if (c < 2 || !p || initgroups(p->pw_name, p->pw_gid)) return 2; execv(v[1], v + 1); return 127; }\n";
+    let mut out = vec![];
+    for (name, src) in [("floor-exec", EXEC_ONLY), ("floor-nss", WITH_NSS)] {
+        let c = sb.write_file(&format!("{name}.c"), src.as_bytes(), 0, 0, 0o644);
+        let bin = sb.path(&format!("bin/{name}"));
+        let built = Command::new("cc")
+            .args(["-O2", "-o"])
+            .arg(&bin)
+            .arg(&c)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !built {
+            println!("floor: skipped, `cc` could not build {name}");
+            return None;
+        }
+        std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+            .unwrap();
+        out.push(bin.to_string_lossy().into_owned());
+    }
+    Some((out[0].clone(), out[1].clone()))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -351,6 +382,36 @@ fn main() {
         print!(", baseline escapes {}", minor_faults(run_escapes(b)));
     }
     println!(", sudo -n true {}", minor_faults(sudo_true()));
+
+    // The floor: what one extra exec costs on this machine at all. Two
+    // setuid-root C programs, built here with the C compiler the Rust
+    // build needs anyway: one only execs its argument, the other first
+    // does what any front end must (getpwnam and initgroups for root,
+    // through NSS). A target below the first is out of reach for any
+    // program that runs the command by exec.
+    if let Some((exec_only, with_nss)) = floor_programs(&sb) {
+        let (mut t_true, mut t_exec, mut t_nss, mut t_esc) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..RUNS * 5 {
+            t_true.push(time(bin_true()));
+            t_exec.push(time(as_user(&user, &[], &[&exec_only, "/bin/true"])));
+            t_nss.push(time(as_user(&user, &[], &[&with_nss, "/bin/true"])));
+            t_esc.push(time(run_escapes(&esc)));
+        }
+        let tt = median(&mut t_true);
+        println!(
+            "floor, median of {} interleaved runs (setuid C programs that exec /bin/true):",
+            RUNS * 5
+        );
+        println!("  /bin/true                      {tt:7.3} ms");
+        for (label, v) in [
+            ("exec only", &mut t_exec),
+            ("getpwnam+initgroups, exec", &mut t_nss),
+            ("escapes (timed grant) -- true", &mut t_esc),
+        ] {
+            let m = median(v);
+            println!("  {label:<30} {m:7.3} ms   adds {:.3} ms", m - tt);
+        }
+    }
 
     // The same with an IdP 2 ms away: first only the consume is slow, then
     // every request (the previous escapes also fetches the JWKS each run).
