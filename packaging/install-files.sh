@@ -151,6 +151,10 @@ do_uninstall() {
 	fi
 	for f in "$BINDIR/escapes" "$PAMDIR/pam_openape.so" "$TMPFILESDIR/openape.conf"; do
 		if [ -e "$DESTDIR$f" ]; then retire "$DESTDIR$f" && rm -f "$DESTDIR$f" && say "removed $f"; fi
+		# What an interrupted install left beside it (a setuid copy, maybe).
+		for t in "$DESTDIR$f.openape-new" "$DESTDIR$f.openape-old"; do
+			if [ -e "$t" ] || [ -L "$t" ]; then retire "$t" && rm -f "$t" && say "removed ${t#"$DESTDIR"}, left by an interrupted install"; fi
+		done
 	done
 	for m in $MANPAGES; do rm -f "$DESTDIR$MANDIR/$m.gz"; done
 	rm -rf "$DESTDIR$DOCDIR"

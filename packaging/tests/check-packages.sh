@@ -418,6 +418,8 @@ eq "make install: a hard link to the replaced setuid binary is left 600" "600 ro
 eq "make install: the new binary is 4755 root:root" "4755 root:root" "$(mode_of "$M/usr/bin/escapes")"
 t "make install: no temp names left in bin" test -z "$(ls -A "$M/usr/bin" | grep -v '^escapes$')"
 ln -f "$M/usr/bin/escapes" "$M/kept-escapes"
+# What an install killed between its copy and its rename leaves: a setuid copy.
+cp -p "$M/usr/bin/escapes" "$M/usr/bin/escapes.openape-new"
 mkdir -p "$M/var/log/openape" "$M/etc/pam.d" && echo '{}' >"$M/var/log/openape/audit.log"
 cp pam.d/sudo.grant-only "$M/etc/pam.d/sudo"
 out=$(make -s uninstall DESTDIR="$M" PREFIX=/usr 2>&1)
@@ -429,6 +431,8 @@ out=$(make -s uninstall DESTDIR="$M" PREFIX=/usr 2>&1)
 cond "make uninstall: removes binary, module, man pages, tmpfiles, docs" \
 	'[ ! -e "$M/usr/bin/escapes" ] && [ ! -e "$M$PAMDIR/pam_openape.so" ] && [ ! -e "$M/usr/share/man/man8/escapes.8.gz" ] && [ ! -e "$M/usr/lib/tmpfiles.d/openape.conf" ] && [ ! -e "$M/usr/share/doc/openape-escapes" ]'
 eq "make uninstall: a hard link to the removed setuid binary is left 600" "600 root:root" "$(mode_of "$M/kept-escapes")"
+cond "make uninstall: removes a setuid copy an interrupted install left, and says so" \
+	'[ ! -e "$M/usr/bin/escapes.openape-new" ] && contains "$out" "left by an interrupted install"'
 cond "make uninstall: keeps the config and the audit log, and says so" \
 	'cmp -s "$W/make-config" "$M/etc/openape/config.toml" && [ -f "$M/var/log/openape/audit.log" ] && contains "$out" "kept /etc/openape/config.toml" && contains "$out" "kept the audit log"'
 
