@@ -56,6 +56,12 @@ impl T {
     /// hostile state (umask, ulimit, trap) that escapes then inherits.
     fn run_after(&self, prelude: &str, g: &Issued, argv: &[String]) -> Output {
         let file = self.grant_file("grant", g);
+        self.shell(prelude, &file, argv).as_test_user().output()
+    }
+
+    /// `/bin/sh -c '<prelude>; exec escapes --grant-file FILE -- argv'` in
+    /// the sandbox's namespace, as root until told otherwise.
+    fn shell(&self, prelude: &str, file: &str, argv: &[String]) -> Run {
         let mut script = format!(
             "{prelude}\nexec {} --grant-file {file} --",
             self.sb.escapes().display()
@@ -67,8 +73,6 @@ impl T {
             .args(["-c", &script])
             .cwd(self.sb.root())
             .config_ns(self.sb.config_ns())
-            .as_test_user()
-            .output()
     }
 
     fn assert_ran(&self, out: &Output, g: &Issued) {
@@ -412,18 +416,7 @@ fn closed_standard_descriptors_of_a_root_caller_do_not_reach_the_audit_log() {
     let g = t.issue(&argv);
     let file = t.sb.write_file("grant-root", g.jwt.as_bytes(), 0, 0, 0o600);
     let as_root = |cmd: &[String]| {
-        let mut script = format!(
-            "exec 0<&- 1>&- 2>&-\nexec {} --grant-file {} --",
-            t.sb.escapes().display(),
-            file.display()
-        );
-        for a in cmd {
-            script.push_str(&format!(" '{a}'"));
-        }
-        Run::new("/bin/sh")
-            .args(["-c", &script])
-            .cwd(t.sb.root())
-            .config_ns(t.sb.config_ns())
+        t.shell("exec 0<&- 1>&- 2>&-", &file.to_string_lossy(), cmd)
             .output()
     };
     // A refusal first (the grant is for another command): its message has
