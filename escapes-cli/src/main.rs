@@ -67,7 +67,10 @@ extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> lib
 fn escapes_main() -> i32 {
     // First thing: nothing of the caller's environment stays in ours, and
     // nothing of the caller's umask, limits or signal state either.
-    sys::open_standard_fds();
+    if !sys::open_standard_fds() {
+        // Nothing can be said: there is no standard error to say it on.
+        return 1;
+    }
     let snapshot = sys::take_environment();
     let state = sys::take_process_state();
     let args: Vec<OsString> = std::env::args_os().collect();

@@ -20,9 +20,9 @@ use pam_openape::{Denial, Kind, Step};
 /// no file escapes opens later (the audit log, the config) becomes a
 /// standard stream that messages are written to. glibc does this itself
 /// for a set-user-ID start; this covers root starting escapes directly.
-/// Nothing is left to do if /dev/null cannot be opened: the refusal paths
-/// still write only through std's stream handles.
-pub fn open_standard_fds() {
+/// `false` when a closed one could not be filled (no /dev/null): escapes
+/// then stops before opening anything, as std's start-up did.
+pub fn open_standard_fds() -> bool {
     for fd in 0..3 {
         // SAFETY: F_GETFD only reads the descriptor's flags.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1
@@ -33,9 +33,12 @@ pub fn open_standard_fds() {
             // have inherited the caller's stream.
             // SAFETY: open takes a NUL-terminated literal path and flags;
             // the descriptor is deliberately never closed.
-            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+            if unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) } != fd {
+                return false;
+            }
         }
     }
+    true
 }
 
 /// Take the whole environment and clear it. Must run first thing in
