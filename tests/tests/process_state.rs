@@ -442,6 +442,41 @@ fn closed_standard_descriptors_of_a_root_caller_do_not_reach_the_audit_log() {
     }
 }
 
+/// Root as the caller with standard error closed and no /dev/null to fill
+/// it (an empty /dev, in a mount namespace of its own): escapes stops with
+/// exit 1 before it opens anything, so no file of its own can become
+/// standard error. Nothing is consumed. Control: the same with /dev intact
+/// runs.
+#[test]
+fn a_closed_descriptor_that_cannot_be_filled_stops_escapes() {
+    let Some(t) = setup("closed-fds-no-null") else {
+        return;
+    };
+    let argv = vec!["/bin/true".to_string()];
+    let run = |empty_dev: bool| {
+        let g = t.issue(&argv);
+        let file = t.sb.write_file("grant-root", g.jwt.as_bytes(), 0, 0, 0o600);
+        let script = if empty_dev {
+            "mount -t tmpfs none /dev && exec \"$0\" \"$@\" 2>&-"
+        } else {
+            "exec \"$0\" \"$@\" 2>&-"
+        };
+        let out = Run::new("/usr/bin/unshare")
+            .args(["-m", "/bin/sh", "-c", script])
+            .arg(t.sb.escapes())
+            .args(["--grant-file", &file.to_string_lossy(), "--", "/bin/true"])
+            .cwd(t.sb.root())
+            .config_ns(t.sb.config_ns())
+            .output();
+        (out, g)
+    };
+    let (out, g) = run(true);
+    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(t.idp.consume_count(&g.grant_id), 0);
+    let (out, g) = run(false);
+    t.assert_ran(&out, &g);
+}
+
 /// Item 4: with every fd piped the caller can still have a controlling
 /// terminal, and a command for a less privileged user could open
 /// /dev/tty and type into the caller's shell. It now runs detached from
