@@ -11,8 +11,8 @@
 //!   with a NOPASSWD rule (stock stack).
 //!
 //! Also counts the IdP requests per escapes run (target: exactly one, the
-//! consume), and the minor page faults of one run of each (from wait4's
-//! rusage: the command's exec'd `true` included).
+//! consume), and the minor page faults and peak resident set of one run of
+//! each (from wait4's rusage: the command's exec'd `true` included).
 //!
 //! Then the floor: two setuid-root C programs built here, one that only
 //! execs `/bin/true` and one that first calls getpwnam and initgroups,
@@ -135,23 +135,27 @@ fn as_user(ids: &Ids, env: &[(&str, &str)], argv: &[&str]) -> Command {
     c
 }
 
-/// Minor page faults of one run of `c` (its children's rusage, from wait4).
-fn minor_faults(mut c: Command) -> i64 {
-    let before = children_minflt();
-    let out = c.output().expect("spawn");
-    assert!(out.status.success(), "{c:?}: {out:?}");
-    children_minflt() - before
-}
-
-fn children_minflt() -> i64 {
-    // SAFETY: getrusage writes into the zeroed struct we own;
-    // RUSAGE_CHILDREN is a valid `who`.
+/// Minor page faults and peak resident set (KiB) of one run of `c`, from
+/// wait4 on that child: the program it execs (the command) and the
+/// descendants it waited for are included.
+// The child is reaped by wait4 below, which std's wait cannot do (rusage).
+#[allow(clippy::zombie_processes)]
+fn usage(mut c: Command) -> (i64, i64) {
+    let child = c.stderr(Stdio::null()).spawn().expect("spawn");
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut status = 0;
+    // SAFETY: wait4 writes the status and the rusage into locals we own;
+    // `pid` is our own child, not waited for yet.
     let ru = unsafe {
         let mut ru: libc::rusage = std::mem::zeroed();
-        assert_eq!(libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru), 0);
+        assert_eq!(libc::wait4(pid, &mut status, 0, &mut ru), pid);
         ru
     };
-    ru.ru_minflt
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{c:?}: wait status {status}"
+    );
+    (ru.ru_minflt, ru.ru_maxrss)
 }
 
 fn time(mut c: Command) -> f64 {
@@ -373,15 +377,21 @@ fn main() {
         "  sudo id -u with a grant (PAM)  {tp:7.3} ms   adds {:.3} ms over sudo -n id -u NOPASSWD {tn:.3} ms (target <= 3 ms)",
         tp - tn
     );
+    let show = |(faults, rss): (i64, i64)| format!("{faults} / {rss} KiB");
     print!(
-        "  minor page faults of one run (with the exec'd command): /bin/true {}, escapes {}",
-        minor_faults(bin_true()),
-        minor_faults(run_escapes(&esc))
+        "  minor page faults / peak RSS of one run (with the exec'd command): /bin/true {}, escapes {}",
+        show(usage(bin_true())),
+        show(usage(run_escapes(&esc)))
     );
     if let Some(b) = &baseline {
-        print!(", baseline escapes {}", minor_faults(run_escapes(b)));
+        print!(", baseline escapes {}", show(usage(run_escapes(b))));
     }
-    println!(", sudo -n true {}", minor_faults(sudo_true()));
+    println!(", sudo -n true {}", show(usage(sudo_true())));
+    println!(
+        "  the same for sudo id -u: with a grant (PAM) {}, NOPASSWD {}",
+        show(usage(sudo_grant())),
+        show(usage(sudo_nopw()))
+    );
 
     // The floor: what one extra exec costs on this machine at all. Two
     // setuid-root C programs, built here with the C compiler the Rust
